@@ -1,0 +1,493 @@
+"""The lake: DuckLake (a catalog plus Parquet files, on local disk or S3) behind a small API.
+
+    from storage import Lake
+    with Lake.open("./factory-store") as lake:
+        lake.commit("problems", rows, batch_key="seed:gsm8k:0", run_id="r1")   # exactly once
+        lake.query("SELECT count(*) FROM problems")                         # Arrow table
+        lake.save_dataset("gsm8k-sft", "SELECT * FROM samples")             # pinned to a snapshot
+        lake.read_dataset("gsm8k-sft", version=1)                           # as it was then
+        lake.sql("SELECT ...")                                              # untrusted SQL, confined
+
+Exactly-once commits: each batch is written in one DuckLake transaction together with its row
+in the `batches` ledger, under a per-key lock (a PostgreSQL advisory lock for a PostgreSQL
+catalog, a byte-range file lock otherwise), so a batch key is committed at most once and a
+batch is visible whole or not at all. A writer killed mid-commit leaves Parquet files that no
+snapshot references; `maintain()` deletes them.
+
+A DuckDB-file catalog admits one process at a time: another process waits up to
+`lock_timeout_s` for it, then gets `LakeBusy`. Use a SQLite or PostgreSQL catalog for several
+concurrent writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from . import schemas
+from .config import LakeConfig
+from .errors import BadInput, LakeBusy, require
+from .extensions import connect as _connect_engine
+from .sql import check_confined, confine, parse_select, pin_to_snapshot, run_with_limit
+
+_ALIAS = "lake"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    table: str
+    batch_key: str
+    rows: int
+    committed: bool  # False: the key was already committed, nothing was written
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    name: str
+    version: int
+    sql: str
+    snapshot_id: int
+    row_count: int
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text or "database is locked" in text
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "conflict" in text or "database is locked" in text or "could not serialize" in text
+
+
+def _as_arrow(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if hasattr(data, "to_arrow"):  # polars DataFrame
+        return data.to_arrow()
+    if isinstance(data, list):
+        if not data:
+            return pa.table({})
+        if not all(isinstance(r, dict) for r in data):
+            raise BadInput("a batch given as a list must be a list of dicts (one per row)")
+        return pa.Table.from_pylist(data)
+    raise BadInput(f"cannot commit a {type(data).__name__}: expected an Arrow table, polars DataFrame or list of dicts")
+
+
+class Lake:
+    """One open lake. Thread-safe: calls are serialised on one DuckDB connection."""
+
+    def __init__(self, config: LakeConfig):
+        self.config = config
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.RLock()
+        self._pg = None  # psycopg connection for advisory locks (PostgreSQL catalogs only)
+
+    # -- opening and closing -----------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, store: str | None = None, catalog: str | None = None, *, create: bool = True, **settings: Any
+    ) -> "Lake":
+        """Open the lake at `store` (see `LakeConfig` for the forms), creating it unless
+        `create=False`, in which case a missing lake is a `BadInput`. The catalog is attached
+        lazily, at the first call that needs it."""
+        lake = cls(LakeConfig.resolve(store, catalog, **settings))
+        cfg = lake.config
+        if not create and cfg.catalog_file and not Path(cfg.catalog_file).exists():
+            raise BadInput(f"no lake at {cfg.describe()}: the catalog file does not exist (ingest something first, or check --store/--catalog)")
+        return lake
+
+    def __enter__(self) -> "Lake":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            if self._pg is not None:
+                self._pg.close()
+                self._pg = None
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The lake's DuckDB connection (attached as `lake` and in use), opened on first need."""
+        with self._lock:
+            if self._con is None:
+                self._con = self._attach(read_only=False)
+                self._ensure_schema(self._con)
+            return self._con
+
+    def _engine(self) -> duckdb.DuckDBPyConnection:
+        cfg = self.config
+        names = ["ducklake"]
+        if cfg.is_s3:
+            names.append("httpfs")
+        if cfg.catalog_kind != "duckdb":
+            names.append(cfg.catalog_kind)
+        con = _connect_engine(*names)
+        if cfg.is_s3:
+            self._create_s3_secret(con)
+        return con
+
+    def _create_s3_secret(self, con: duckdb.DuckDBPyConnection) -> None:
+        s3 = self.config.s3_settings()
+        opts: dict[str, str] = {"REGION": s3.region, "URL_STYLE": s3.url_style}
+        if s3.endpoint_url:
+            scheme, _, host = s3.endpoint_url.partition("://")
+            opts["ENDPOINT"] = host.rstrip("/") if host else scheme
+            opts["USE_SSL"] = "true" if scheme == "https" else "false"
+        if s3.access_key_id:
+            opts["KEY_ID"] = s3.access_key_id
+            opts["SECRET"] = s3.secret_access_key or ""
+        if s3.session_token:
+            opts["SESSION_TOKEN"] = s3.session_token
+        body = ", ".join(
+            f"{k} {v}" if k == "USE_SSL" else f"{k} '{v.replace(chr(39), chr(39) * 2)}'" for k, v in opts.items()
+        )
+        con.execute(f"CREATE OR REPLACE SECRET factory_s3 (TYPE s3, {body})")
+
+    def _attach(self, read_only: bool, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
+        cfg = self.config
+        if cfg.catalog_file and not read_only:
+            Path(cfg.catalog_file).parent.mkdir(parents=True, exist_ok=True)
+        if not cfg.is_s3 and not read_only:
+            Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
+        options = [f"DATA_PATH '{cfg.data_path}'"]
+        if read_only:
+            options.append("READ_ONLY")
+        if cfg.data_inlining_row_limit is not None:
+            options.append(f"DATA_INLINING_ROW_LIMIT {int(cfg.data_inlining_row_limit)}")
+        if read_only and cfg.catalog_file and not Path(cfg.catalog_file).exists():
+            raise BadInput(f"no lake at {cfg.describe()}: the catalog does not exist yet")
+        target = cfg.catalog_target.replace("'", "''")
+        statement = f"ATTACH 'ducklake:{target}' AS {_ALIAS} ({', '.join(options)})"
+        deadline = time.monotonic() + cfg.lock_timeout_s
+        delay = 0.05
+        while True:
+            con = self._engine()
+            try:
+                con.execute(statement)
+                con.execute(f"USE {_ALIAS}")
+                return con
+            except duckdb.Error as exc:
+                con.close()
+                if _is_lock_error(exc) and time.monotonic() < deadline:
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if _is_lock_error(exc):
+                    raise LakeBusy(
+                        f"the catalog {cfg.catalog_file} is held by another process (waited "
+                        f"{cfg.lock_timeout_s:g} s); retry later, or use a sqlite: or postgresql:// "
+                        "catalog for several writers"
+                    ) from exc
+                raise BadInput(f"cannot open the lake at {cfg.describe()}: {str(exc).splitlines()[0]}") from exc
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._retry(lambda: self._create_tables(con), "creating tables")
+        row = con.execute(f"SELECT value FROM {_ALIAS}.meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._retry(
+                lambda: con.execute(
+                    f"INSERT INTO {_ALIAS}.meta VALUES ('schema_version', ?)", [str(schemas.SCHEMA_VERSION)]
+                ),
+                "writing the schema version",
+            )
+        elif int(row[0]) > schemas.SCHEMA_VERSION:
+            raise BadInput(
+                f"the lake at {self.config.describe()} has schema version {row[0]}, newer than this "
+                f"code's {schemas.SCHEMA_VERSION}: upgrade reasoning-factory"
+            )
+
+    def _create_tables(self, con: duckdb.DuckDBPyConnection) -> None:
+        # Looked up on every try: a concurrent first writer may have created them meanwhile.
+        existing = self._table_names(con)
+        missing = [n for n in schemas.ALL_TABLES if n not in existing]
+        if not missing:
+            return
+        con.execute("BEGIN")
+        try:
+            for name in missing:
+                con.execute(schemas.create_table_sql(name, schemas.ALL_TABLES[name], _ALIAS))
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+        rows = con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main'", [_ALIAS]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def _retry(self, fn, what: str):
+        """Retry a catalog write that conflicted with another writer, with jittered backoff,
+        for up to `lock_timeout_s`; then `LakeBusy`."""
+        deadline = time.monotonic() + self.config.lock_timeout_s
+        delay = 0.02
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return fn()
+            except duckdb.Error as exc:
+                if not _is_conflict(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LakeBusy(
+                        f"{what} conflicted with other writers {attempts} times in "
+                        f"{self.config.lock_timeout_s:g} s; retry later"
+                    ) from exc
+                time.sleep(delay * random.random())  # full jitter
+                delay = min(delay * 2, 1.0)
+
+    # -- commits -----------------------------------------------------------------------
+
+    def commit(
+        self,
+        table: str,
+        data: Any,
+        *,
+        batch_key: str,
+        run_id: str | None = None,
+    ) -> CommitResult:
+        """Append a batch to `table` exactly once under `batch_key`.
+
+        `data` is an Arrow table, a polars DataFrame or a list of dicts; it is conformed to the
+        table's schema (`created_at` and `run_id` are filled when absent). Returns with
+        `committed=False` and writes nothing when the key was committed before.
+        """
+        if table not in schemas.TABLES:
+            raise BadInput(f"unknown table {table!r}; expected one of {sorted(schemas.TABLES)}")
+        if not batch_key:
+            raise BadInput("batch_key must be a non-empty string")
+        defaults: dict[str, object] = {"created_at": _now()}
+        if run_id is not None:
+            defaults["run_id"] = run_id
+        batch = schemas.conform(table, _as_arrow(data), defaults)
+        run = run_id or (batch.column("run_id")[0].as_py() if batch.num_rows else "")
+        with self._lock:
+            con = self.connection()  # first, so the store and its lock file exist
+            with self._key_lock(batch_key):
+                return self._retry(lambda: self._commit_once(con, table, batch, batch_key, run), f"committing {batch_key!r}")
+
+    def _commit_once(self, con, table: str, batch: pa.Table, batch_key: str, run_id: str) -> CommitResult:
+        con.execute("BEGIN")
+        try:
+            seen = con.execute(
+                f"SELECT 1 FROM {_ALIAS}.batches WHERE batch_key = ? LIMIT 1", [batch_key]
+            ).fetchone()
+            if seen:
+                con.execute("ROLLBACK")
+                return CommitResult(table, batch_key, 0, committed=False)
+            if batch.num_rows:
+                con.register("_factory_batch", batch)
+                try:
+                    con.execute(f'INSERT INTO {_ALIAS}."{table}" BY NAME SELECT * FROM _factory_batch')
+                finally:
+                    con.unregister("_factory_batch")
+            con.execute(
+                f"INSERT INTO {_ALIAS}.batches VALUES (?, ?, ?, ?, ?)",
+                [batch_key, table, run_id, batch.num_rows, _now()],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return CommitResult(table, batch_key, batch.num_rows, committed=True)
+
+    def is_committed(self, batch_key: str) -> bool:
+        return bool(self.query("SELECT count(*) AS n FROM batches WHERE batch_key = ?", [batch_key]).column("n")[0].as_py())
+
+    @contextlib.contextmanager
+    def _key_lock(self, batch_key: str) -> Iterator[None]:
+        """Serialise commits of one batch key across processes (not only threads)."""
+        digest = int.from_bytes(hashlib.blake2b(batch_key.encode(), digest_size=8).digest(), "big", signed=True)
+        if self.config.catalog_kind == "postgres":
+            pg = self._postgres()
+            pg.execute("SELECT pg_advisory_lock(%s)", [digest])
+            try:
+                yield
+            finally:
+                pg.execute("SELECT pg_advisory_unlock(%s)", [digest])
+            return
+        lock_path = f"{self.config.catalog_file}.locks"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        offset = digest % (1 << 20)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+        finally:
+            os.close(fd)
+
+    def _postgres(self):
+        if self._pg is None:
+            psycopg = require("psycopg", "pip install 'reasoning-factory[postgres]'")
+            self._pg = psycopg.connect(self.config.postgres_dsn, autocommit=True)
+        return self._pg
+
+    # -- reading -----------------------------------------------------------------------
+
+    def query(self, sql: str, params: Iterable[Any] | None = None) -> pa.Table:
+        """Trusted SQL (our own code) on the lake; returns an Arrow table. Users' SQL goes to `sql()`."""
+        with self._lock:
+            return self.connection().execute(sql, list(params) if params is not None else None).to_arrow_table()
+
+    def query_df(self, sql: str, params: Iterable[Any] | None = None):
+        import polars as pl
+
+        return pl.from_arrow(self.query(sql, params))
+
+    def snapshot_id(self) -> int:
+        with self._lock:
+            return int(self.connection().execute(f"SELECT id FROM {_ALIAS}.current_snapshot()").fetchone()[0])
+
+    def tables(self) -> list[dict[str, Any]]:
+        """Each user-facing table with its row count and the last snapshot that changed it."""
+        with self._lock:
+            con = self.connection()
+            out = []
+            for name in schemas.TABLES:
+                rows = con.execute(f'SELECT count(*) FROM {_ALIAS}."{name}"').fetchone()[0]
+                batches = con.execute(
+                    f"SELECT count(*) FROM {_ALIAS}.batches WHERE table_name = ?", [name]
+                ).fetchone()[0]
+                out.append({"table": name, "rows": int(rows), "batches": int(batches)})
+            return out
+
+    # -- datasets ----------------------------------------------------------------------
+
+    def save_dataset(
+        self,
+        name: str,
+        sql: str,
+        *,
+        recipe_hash: str | None = None,
+        description: str | None = None,
+        run_id: str = "",
+    ) -> DatasetVersion:
+        """Save `sql` (one confined SELECT over the lake) as the next version of dataset `name`,
+        pinned to the current lake snapshot."""
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise BadInput(f"dataset name {name!r}: expected letters, digits, '-', '_' or '.'")
+        with self._lock:
+            con = self.connection()
+            check_confined(parse_select(con, sql))
+            # Under the name's lock, so two writers cannot both take the next version number.
+            with self._key_lock(f"dataset:{name}"):
+                snapshot = self.snapshot_id()
+                pinned = pin_to_snapshot(con, sql, snapshot, self._table_names(con))
+                try:
+                    rows = con.execute(f"SELECT count(*) FROM ({pinned})").fetchone()[0]
+                except duckdb.Error as exc:
+                    raise BadInput(f"dataset {name!r}: the SELECT fails: {str(exc).splitlines()[0]}") from exc
+                last = con.execute(f"SELECT max(version) FROM {_ALIAS}.datasets WHERE name = ?", [name]).fetchone()[0]
+                version = int(last or 0) + 1
+                row = {
+                    "name": name,
+                    "version": version,
+                    "sql": sql,
+                    "snapshot_id": snapshot,
+                    "row_count": int(rows),
+                    "recipe_hash": recipe_hash,
+                    "description": description,
+                    "run_id": run_id,
+                }
+                self.commit("datasets", [row], batch_key=f"dataset:{name}:v{version}", run_id=run_id)
+        return DatasetVersion(name, version, sql, snapshot, int(rows))
+
+    def dataset(self, name: str, version: int | None = None) -> DatasetVersion:
+        """The saved definition of a dataset version (the newest when `version` is None)."""
+        sql = "SELECT name, version, sql, snapshot_id, row_count FROM datasets WHERE name = ?"
+        params: list[Any] = [name]
+        if version is not None:
+            sql += " AND version = ?"
+            params.append(int(version))
+        rows = self.query(sql + " ORDER BY version DESC LIMIT 1", params).to_pylist()
+        if not rows:
+            known = self.query("SELECT DISTINCT name FROM datasets ORDER BY 1").column("name").to_pylist()
+            what = f"dataset {name!r}" + (f" version {version}" if version is not None else "")
+            raise BadInput(f"{what} does not exist; datasets: {known or 'none yet'}")
+        return DatasetVersion(**rows[0])
+
+    def dataset_reader(self, name: str, version: int | None = None, batch_size: int = 10_000) -> pa.RecordBatchReader:
+        """Stream a dataset version as Arrow batches, exactly as it was when saved."""
+        ds = self.dataset(name, version)
+        with self._lock:
+            con = self.connection()
+            pinned = pin_to_snapshot(con, ds.sql, ds.snapshot_id, self._table_names(con))
+            # A cursor so a long read does not hold the lake's main connection.
+            cursor = con.cursor()
+            cursor.execute(f"USE {_ALIAS}")
+            return cursor.execute(pinned).to_arrow_reader(batch_size)
+
+    def read_dataset(self, name: str, version: int | None = None) -> pa.Table:
+        return self.dataset_reader(name, version).read_all()
+
+    def list_datasets(self) -> pa.Table:
+        return self.query(
+            "SELECT name, version, row_count, snapshot_id, created_at, description FROM datasets ORDER BY name, version"
+        )
+
+    # -- untrusted SQL -----------------------------------------------------------------
+
+    def sql(self, sql: str, *, timeout_s: float = 60.0, memory_limit: str = "2GB") -> pa.Table:
+        """Run a user's SELECT read-only and confined to the lake (see storage/sql.py)."""
+        cfg = self.config
+        with self._lock:
+            if cfg.catalog_kind == "duckdb":
+                # The engine below attaches the same catalog file: one DuckDB instance may not
+                # attach it twice, so the writer connection steps aside until next use.
+                self.close()
+            con = self._attach(read_only=True)
+            try:
+                check_confined(parse_select(con, sql))
+                files = [cfg.catalog_file] if cfg.catalog_file else []
+                if cfg.catalog_file:
+                    files += [cfg.catalog_file + ".wal"]
+                confine(con, [cfg.data_path], files, memory_limit)
+                return run_with_limit(con, sql, timeout_s, memory_limit)
+            finally:
+                con.close()
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def maintain(self, *, older_than: dt.timedelta = dt.timedelta(hours=1), dry_run: bool = False) -> list[str]:
+        """Delete data files no snapshot references (left by killed writers) older than
+        `older_than`; return their paths. Snapshots are kept, so datasets stay readable."""
+        cutoff = _now() - older_than
+        with self._lock:
+            con = self.connection()
+            rows = con.execute(
+                f"SELECT * FROM ducklake_delete_orphaned_files('{_ALIAS}', dry_run => ?, older_than => ?)",
+                [dry_run, cutoff],
+            ).fetchall()
+            return [str(r[0]) for r in rows]

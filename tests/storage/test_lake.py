@@ -1,0 +1,163 @@
+import datetime as dt
+import os
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage import BadInput, Lake, LakeConfig, schemas
+
+
+def problems(n: int, start: int = 0, tag: str = "b") -> list[dict]:
+    return [{"problem_id": f"{tag}-{i}", "problem": f"What is {i}+{i}?", "reference_answer": str(2 * i)} for i in range(start, start + n)]
+
+
+@pytest.fixture
+def lake(tmp_path):
+    with Lake.open(str(tmp_path / "store")) as lk:
+        yield lk
+
+
+def count(lake: Lake, table: str = "problems") -> int:
+    return lake.query(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py()
+
+
+def test_store_layout_is_catalog_plus_parquet(tmp_path):
+    store = tmp_path / "store"
+    with Lake.open(str(store), data_inlining_row_limit=0) as lake:
+        lake.commit("problems", problems(3), batch_key="k", run_id="r")
+    assert (store / "catalog.ducklake").is_file()
+    files = list((store / "data").rglob("*.parquet"))
+    assert files and sum(pq.read_metadata(f).num_rows for f in files if "problems" in str(f)) == 3
+
+
+def test_commit_twice_under_one_key_leaves_one_copy(lake):
+    first = lake.commit("problems", problems(5), batch_key="seed:0", run_id="r1")
+    again = lake.commit("problems", problems(5), batch_key="seed:0", run_id="r1")
+    assert first.committed and first.rows == 5
+    assert not again.committed and again.rows == 0
+    assert count(lake) == 5
+    assert lake.is_committed("seed:0") and not lake.is_committed("seed:1")
+
+
+def test_commit_accepts_arrow_polars_and_dicts(lake):
+    lake.commit("problems", pa.Table.from_pylist(problems(2, 0)), batch_key="a", run_id="r")
+    lake.commit("problems", pl.DataFrame(problems(2, 2)), batch_key="b", run_id="r")
+    lake.commit("problems", problems(2, 4), batch_key="c", run_id="r")
+    assert count(lake) == 6
+    rows = lake.query("SELECT DISTINCT run_id FROM problems").to_pylist()
+    assert rows == [{"run_id": "r"}]
+
+
+def test_commit_is_visible_to_a_new_lake_object(tmp_path):
+    store = str(tmp_path / "store")
+    with Lake.open(store) as a:
+        a.commit("problems", problems(4), batch_key="k", run_id="r")
+    with Lake.open(store) as b:
+        assert count(b) == 4
+        assert not b.commit("problems", problems(4), batch_key="k", run_id="r").committed
+
+
+def test_bad_batches_are_refused_before_anything_is_written(lake):
+    with pytest.raises(BadInput, match="unknown table"):
+        lake.commit("problemz", problems(1), batch_key="x", run_id="r")
+    with pytest.raises(BadInput, match="required column 'problem'"):
+        lake.commit("problems", [{"problem_id": "p"}], batch_key="x", run_id="r")
+    with pytest.raises(BadInput, match="batch_key"):
+        lake.commit("problems", problems(1), batch_key="", run_id="r")
+    assert count(lake) == 0 and not lake.is_committed("x")
+
+
+def test_nested_columns_round_trip(lake):
+    row = {
+        "sample_id": "s1", "problem_id": "p1",
+        "messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think>one and one</think>2"}],
+        "completion_tokens": 7, "latency_s": 0.5,
+    }
+    lake.commit("samples", [row], batch_key="s", run_id="r")
+    got = lake.query("SELECT messages, messages[2].content AS c FROM samples").to_pylist()[0]
+    assert got["messages"] == row["messages"] and got["c"].endswith("2")
+
+
+def test_dataset_time_travel_reads_the_version_as_saved(lake):
+    lake.commit("problems", problems(3, 0), batch_key="a", run_id="r")
+    v1 = lake.save_dataset("math", "SELECT problem_id, problem FROM problems ORDER BY problem_id")
+    lake.commit("problems", problems(4, 3), batch_key="b", run_id="r")
+    v2 = lake.save_dataset("math", "SELECT problem_id, problem FROM problems ORDER BY problem_id")
+    assert (v1.version, v1.row_count, v2.version, v2.row_count) == (1, 3, 2, 7)
+    assert lake.read_dataset("math", 1).column("problem_id").to_pylist() == [f"b-{i}" for i in range(3)]
+    assert lake.read_dataset("math").num_rows == 7  # newest
+    assert lake.dataset("math").snapshot_id > v1.snapshot_id
+
+
+def test_dataset_with_cte_join_and_aggregate_is_pinned(lake):
+    lake.commit("problems", problems(2), batch_key="p", run_id="r")
+    lake.commit("verdicts", [{"sample_id": "b-0", "check": "math", "status": "pass"}], batch_key="v", run_id="r")
+    sql = (
+        "WITH ok AS (SELECT sample_id FROM verdicts WHERE status = 'pass') "
+        "SELECT p.problem_id, count(*) AS n FROM problems p JOIN ok ON ok.sample_id = p.problem_id GROUP BY 1"
+    )
+    lake.save_dataset("passed", sql)
+    lake.commit("verdicts", [{"sample_id": "b-1", "check": "math", "status": "pass"}], batch_key="v2", run_id="r")
+    assert lake.read_dataset("passed").to_pylist() == [{"problem_id": "b-0", "n": 1}]
+
+
+def test_dataset_errors_name_the_problem(lake):
+    with pytest.raises(BadInput, match="does not exist"):
+        lake.read_dataset("nope")
+    with pytest.raises(BadInput, match="only SELECT"):
+        lake.save_dataset("x", "DELETE FROM problems")
+    with pytest.raises(BadInput, match="dataset name"):
+        lake.save_dataset("bad name!", "SELECT 1")
+    with pytest.raises(BadInput, match="read_csv"):
+        lake.save_dataset("x", "SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_dataset_reader_streams_batches(lake):
+    lake.commit("problems", problems(2500), batch_key="p", run_id="r")
+    lake.save_dataset("all", "SELECT * FROM problems")
+    batches = list(lake.dataset_reader("all", batch_size=1000))
+    assert sum(b.num_rows for b in batches) == 2500 and len(batches) >= 2
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    store = str(tmp_path / "store")
+    with Lake.open(store) as lake:
+        lake.query(f"UPDATE meta SET value = '{schemas.SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+    with pytest.raises(BadInput, match="newer than this code"):
+        Lake.open(store).connection()
+
+
+def test_open_without_create_refuses_a_missing_lake(tmp_path):
+    with pytest.raises(BadInput, match="no lake at"):
+        Lake.open(str(tmp_path / "nothing"), create=False)
+
+
+def test_maintain_deletes_only_unreferenced_files(tmp_path):
+    store = tmp_path / "store"
+    with Lake.open(str(store), data_inlining_row_limit=0) as lake:
+        lake.commit("problems", problems(10), batch_key="k", run_id="r")
+        live = set(Path(p) for p in lake.query("SELECT data_file FROM ducklake_list_files('lake', 'problems')").column(0).to_pylist())
+        orphan = store / "data" / "main" / "problems" / "ducklake-orphan.parquet"
+        pq.write_table(pa.table({"x": [1]}), orphan)
+        old = dt.datetime.now().timestamp() - 7200
+        os.utime(orphan, (old, old))
+        assert lake.maintain(dry_run=True) == [str(orphan)] and orphan.exists()
+        assert lake.maintain() == [str(orphan)]
+        assert not orphan.exists() and all(p.exists() for p in live)
+        assert count(lake) == 10
+
+
+def test_config_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_STORE", str(tmp_path / "env-store"))
+    assert LakeConfig.resolve().store_root == str(tmp_path / "env-store")
+    assert LakeConfig.resolve(str(tmp_path / "flag")).store_root == str(tmp_path / "flag")
+    monkeypatch.delenv("FACTORY_STORE")
+    assert LakeConfig.resolve().store_root.endswith("factory-store")
+    with pytest.raises(BadInput, match="needs a catalog"):
+        _ = LakeConfig.resolve("s3://bucket/prefix").catalog_file
+    with pytest.raises(BadInput, match="store"):
+        LakeConfig.resolve("http://example/x")
+    assert LakeConfig.resolve(str(tmp_path), "sqlite:" + str(tmp_path / "c.db")).catalog_target.startswith("sqlite:")
