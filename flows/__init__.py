@@ -1,0 +1,2 @@
+"""Prefect flows and tasks, the `factory` CLI and reports: the only layer that orders stages
+and the only one that imports Prefect."""

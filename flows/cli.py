@@ -1,0 +1,371 @@
+"""The `factory` command: a thin shell over the library that turns its errors into exit codes.
+
+    factory ingest ../shared/data/math/gsm8k_test.jsonl --table problems --map problem=question
+    factory sql "SELECT source, count(*) FROM problems GROUP BY 1"
+    factory --help
+
+Exit codes: 0 ok, 1 the job failed, 2 bad input (the message names the file, row or field).
+Data goes to stdout; messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from factory import ingest as ingest_mod
+from storage import BadInput, FactoryError, Lake, LakeBusy
+
+app = typer.Typer(
+    name="factory",
+    help="Reasoning Factory: verified long chain-of-thought data in a DuckLake lake.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Store = Annotated[
+    Optional[str],
+    typer.Option("--store", metavar="URI", help="Lake data location: a directory or s3://bucket/prefix [env FACTORY_STORE; default ./factory-store]."),
+]
+Catalog = Annotated[
+    Optional[str],
+    typer.Option("--catalog", metavar="CATALOG", help="Lake catalog: a .ducklake file, sqlite:PATH or postgresql://... [env FACTORY_CATALOG; default <store>/catalog.ducklake]."),
+]
+
+
+def _run(job: Callable[[], None]) -> None:
+    """Run a command body; map library errors to the documented exit codes."""
+    try:
+        job()
+    except BadInput as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    except LakeBusy as exc:
+        err.print(f"busy: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    except FactoryError as exc:
+        err.print(f"failed: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+
+# -- ingest ---------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .jsonl/.json (JSON lines), .parquet, .csv or .tsv file, optionally .gz.")],
+    table: Annotated[str, typer.Option("--table", metavar="problems|samples", help="Target table: problems or samples.")],
+    map_: Annotated[list[str], typer.Option("--map", metavar="FIELD=COLUMN", help="FIELD=COLUMN: fill a table field from an input column (dotted paths reach into objects). Repeatable.")] = [],
+    set_: Annotated[list[str], typer.Option("--set", metavar="FIELD=VALUE", help="FIELD=VALUE: the same value for every row, e.g. model=deepseek-r1. Repeatable.")] = [],
+    source: Annotated[Optional[str], typer.Option(metavar="NAME", help="Source name for problems [default: the file name].")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", metavar="ID", help="Run id stored on every row [default: ingest-<time>].")] = None,
+    skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Commit the good rows and write the bad ones to a rejects file, instead of committing nothing.")] = False,
+    rejects: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Where bad rows go with --skip-bad-rows [default: INPUT.rejects.jsonl].")] = None,
+    store: Store = None,
+    catalog: Catalog = None,
+) -> None:
+    """Load JSONL, Parquet or CSV rows into the problems or samples table (once per file and options)."""
+
+    def job() -> None:
+        mapping = ingest_mod.parse_assignments(map_, "--map")
+        constants = ingest_mod.parse_assignments(set_, "--set")
+        data, bad = ingest_mod.read_table(input, table, mapping, constants, source)
+        unit = ingest_mod.position_unit(input)
+        if bad and not skip_bad_rows:
+            shown = "\n".join(r.describe(str(input), unit) for r in bad[:10])
+            more = f"\n... and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise BadInput(
+                f"{len(bad)} bad row(s), nothing ingested (use --skip-bad-rows to keep the good ones):\n{shown}{more}"
+            )
+        key = ingest_mod.ingest_key(input, table, mapping, constants, source)
+        run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        with Lake.open(store, catalog) as lake:
+            result = lake.commit(table, data, batch_key=key, run_id=run)
+        if bad:
+            out = rejects or input.with_name(input.name + ".rejects.jsonl")
+            ingest_mod.write_rejects(bad, out)
+            err.print(f"{len(bad)} bad row(s) skipped, written to {out}", markup=False)
+        if result.committed:
+            err.print(f"ingested {result.rows} row(s) into {table} (run {run})", markup=False)
+        else:
+            err.print(f"already ingested: {input} with these options is in {table}; nothing written", markup=False)
+
+    _run(job)
+
+
+# -- sql ------------------------------------------------------------------------------
+
+FORMATS = ("table", "csv", "json", "jsonl", "parquet")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(metavar="SQL", help="One SELECT over the lake's tables.")],
+    format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="table, csv, json (an array), jsonl or parquet.")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", metavar="PATH", help="Write to this file instead of stdout (required for parquet).")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time limit in seconds.")] = 60.0,
+    memory_limit: Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit of the query, e.g. 2GB.")] = "2GB",
+    max_rows: Annotated[int, typer.Option("--max-rows", metavar="N", help="Rows shown by --format table.")] = 50,
+    store: Store = None,
+    catalog: Catalog = None,
+) -> None:
+    """Run read-only SQL over the lake (one SELECT; no files, network or settings)."""
+
+    def job() -> None:
+        if format not in FORMATS:
+            raise BadInput(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+        if format == "parquet" and output is None:
+            raise BadInput("--format parquet needs --output PATH")
+        if timeout <= 0:
+            raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
+        with Lake.open(store, catalog, create=False) as lake:
+            result = lake.sql(query, timeout_s=timeout, memory_limit=memory_limit)
+        write_table(result, format, output, max_rows)
+
+    _run(job)
+
+
+def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int = 50) -> None:
+    """Write an Arrow table in one of FORMATS to a file or stdout."""
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(data, output, compression="zstd")
+    elif format == "table":
+        _print_table(data, max_rows, output)
+    else:
+        with _open_out(output) as fh:
+            if format == "csv":
+                import pyarrow.csv as pcsv
+
+                buf = pa.BufferOutputStream()
+                pcsv.write_csv(data, buf)
+                fh.write(buf.getvalue().to_pybytes().decode())
+            elif format == "json":
+                json.dump(data.to_pylist(), fh, default=str, ensure_ascii=False)
+                fh.write("\n")
+            else:
+                _write_jsonl(data.to_batches(), fh)
+    if output is not None:
+        err.print(f"wrote {data.num_rows} row(s) to {output}", markup=False)
+
+
+def _write_jsonl(batches, fh) -> int:
+    n = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+class _open_out:
+    """stdout, or a file opened for text."""
+
+    def __init__(self, output: Path | None):
+        self.output = output
+
+    def __enter__(self):
+        self.fh = open(self.output, "w", encoding="utf-8") if self.output else sys.stdout
+        return self.fh
+
+    def __exit__(self, *exc: object) -> None:
+        if self.output:
+            self.fh.close()
+
+
+def _print_table(data: pa.Table, max_rows: int, output: Path | None) -> None:
+    console = Console(file=open(output, "w", encoding="utf-8") if output else sys.stdout, highlight=False, width=200 if output else None)
+    view = Table(show_lines=False)
+    for name in data.column_names:
+        view.add_column(name, overflow="fold")
+    for row in data.slice(0, max_rows).to_pylist():
+        view.add_row(*("" if v is None else _short(v) for v in row.values()))
+    console.print(view)
+    if data.num_rows > max_rows:
+        err.print(f"{data.num_rows} rows; showing {max_rows} (--max-rows, or --format csv/jsonl for all)", markup=False)
+    if output:
+        console.file.close()
+
+
+def _short(v: object, limit: int = 200) -> str:
+    text = str(v)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- tables, datasets, export ---------------------------------------------------------
+
+
+@app.command()
+def tables(store: Store = None, catalog: Catalog = None) -> None:
+    """List the tables with row and batch counts, and the dataset versions."""
+
+    def job() -> None:
+        with Lake.open(store, catalog, create=False) as lake:
+            counts = lake.tables()
+            snapshot = lake.snapshot_id()
+            datasets = lake.list_datasets().to_pylist()
+            where = lake.config.describe()
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(f"{where}, snapshot {snapshot}")
+        view = Table()
+        for col in ("table", "rows", "batches"):
+            view.add_column(col, justify="right" if col != "table" else "left")
+        for row in counts:
+            view.add_row(row["table"], f"{row['rows']:,}", f"{row['batches']:,}")
+        out.print(view)
+        if datasets:
+            ds = Table()
+            for col in ("name", "version", "rows", "snapshot", "created"):
+                ds.add_column(col)
+            for d in datasets:
+                ds.add_row(d["name"], str(d["version"]), f"{d['row_count']:,}", str(d["snapshot_id"]), str(d["created_at"])[:19])
+            out.print(ds)
+
+    _run(job)
+
+
+@app.command()
+def snapshot(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name (letters, digits, '-', '_', '.').")],
+    query: Annotated[str, typer.Argument(metavar="SQL", help="The SELECT that defines the dataset.")],
+    description: Annotated[Optional[str], typer.Option(metavar="TEXT", help="A note stored with the version.")] = None,
+    store: Store = None,
+    catalog: Catalog = None,
+) -> None:
+    """Save a SELECT as the next version of a named dataset, pinned to the current lake snapshot."""
+
+    def job() -> None:
+        with Lake.open(store, catalog, create=False) as lake:
+            ds = lake.save_dataset(name, query, description=description)
+        err.print(f"dataset {ds.name} version {ds.version}: {ds.row_count} row(s) at lake snapshot {ds.snapshot_id}", markup=False)
+
+    _run(job)
+
+
+_DATASET_REF = re.compile(r"^(?P<name>[A-Za-z0-9._-]+?)(?:@(?P<version>\d+))?$")
+
+
+@app.command()
+def export(
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="NAME or NAME@VERSION [default version: the newest].")],
+    format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="jsonl or parquet.")] = "jsonl",
+    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="File to write.")] = ...,
+    store: Store = None,
+    catalog: Catalog = None,
+) -> None:
+    """Write a dataset version, exactly as it was saved, to JSONL or Parquet."""
+
+    def job() -> None:
+        if format not in ("jsonl", "parquet"):
+            raise BadInput(f"--format {format!r}: expected jsonl or parquet")
+        m = _DATASET_REF.match(dataset)
+        if not m:
+            raise BadInput(f"dataset {dataset!r}: expected NAME or NAME@VERSION")
+        version = int(m["version"]) if m["version"] else None
+        with Lake.open(store, catalog, create=False) as lake:
+            ds = lake.dataset(m["name"], version)
+            reader = lake.dataset_reader(ds.name, ds.version)
+            rows = _write_stream(reader, format, output)
+        err.print(f"wrote {rows} row(s) of {ds.name}@{ds.version} to {output}", markup=False)
+
+    _run(job)
+
+
+def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> int:
+    """Stream batches to a file; a failure leaves no half-written file behind."""
+    tmp = output.with_name(output.name + ".partial")
+    try:
+        if format == "parquet":
+            import pyarrow.parquet as pq
+
+            rows = 0
+            with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                rows = _write_jsonl(reader, fh)
+        tmp.replace(output)
+        return rows
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- maintenance ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)$")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise BadInput(f"--older-than {text!r}: expected a duration such as 30s, 15m, 1h or 2d")
+    seconds = float(m["n"]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m["unit"]]
+    return dt.timedelta(seconds=seconds)
+
+
+@app.command()
+def maintain(
+    older_than: Annotated[str, typer.Option("--older-than", metavar="AGE", help="Only files older than this (30s, 15m, 1h, 2d); keep it above your longest commit.")] = "1h",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files without deleting them.")] = False,
+    store: Store = None,
+    catalog: Catalog = None,
+) -> None:
+    """Delete data files that no snapshot references (left by killed writers)."""
+
+    def job() -> None:
+        age = parse_duration(older_than)
+        with Lake.open(store, catalog, create=False) as lake:
+            files = lake.maintain(older_than=age, dry_run=dry_run)
+        for f in files:
+            typer.echo(f)
+        verb = "would delete" if dry_run else "deleted"
+        err.print(f"{verb} {len(files)} orphaned file(s)", markup=False)
+
+    _run(job)
+
+
+
+
+def render_help() -> str:
+    """Every command's --help as Markdown: docs/cli.md is this text (a test keeps them equal).
+
+        python -c "from flows.cli import render_help; print(render_help(), end='')" > docs/cli.md
+    """
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+
+    def help_of(*args: str) -> str:
+        # A fixed width, so the text does not depend on the terminal it is made in.
+        result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "100", "TERM": "dumb"}, terminal_width=100)
+        return result.stdout.rstrip() + "\n"
+
+    names = list(typer.main.get_command(app).commands)
+    parts = ["# The `factory` command\n", "Generated from `--help` by `flows.cli.render_help`; do not edit by hand.\n"]
+    parts.append("```\n$ factory --help\n" + help_of() + "```\n")
+    for name in names:
+        parts.append(f"## factory {name}\n\n```\n$ factory {name} --help\n" + help_of(name) + "```\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a fresh machine; CI (.ci/run) runs exactly this.
+#   bash scripts/test.sh            # everything, integration tests included
+#   bash scripts/test.sh -k lake    # extra arguments go to pytest
+# Installs what the tests start themselves: Debian's postgresql (a catalog server the tests
+# run in a temporary directory), then a virtualenv with the project and its [dev] extras
+# (SeaweedFS for S3, psycopg, boto3, pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  else
+    echo "note: Debian's postgresql is not installed; the PostgreSQL catalog tests will skip" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+export HF_HUB_OFFLINE=1  # tests never reach a model hub
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,154 @@
+"""The `factory` CLI: exit codes, messages that name the bad input, and output formats."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from storage import Lake
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+GSM8K = DATA / "math" / "gsm8k_test.jsonl"
+needs_data = pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data is not beside this checkout")
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("FACTORY_CATALOG", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def seed(tmp_path):
+    f = tmp_path / "seed.jsonl"
+    f.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": str(2 * i), "level": i % 3}) + "\n" for i in range(30)))
+    return f
+
+
+def test_ingest_then_query_in_every_format(cli, seed, tmp_path):
+    r = cli("ingest", str(seed), "--table", "problems", "--map", "problem=question", "--map", "reference_answer=answer")
+    assert r.exit_code == 0 and "ingested 30 row(s)" in r.stderr
+    r = cli("ingest", str(seed), "--table", "problems", "--map", "problem=question", "--map", "reference_answer=answer")
+    assert r.exit_code == 0 and "already ingested" in r.stderr
+
+    q = "SELECT reference_answer AS a FROM problems ORDER BY a::INT LIMIT 3"
+    assert cli("sql", q, "--format", "csv").stdout.splitlines() == ['"a"', '"0"', '"2"', '"4"']
+    assert json.loads(cli("sql", q, "--format", "json").stdout) == [{"a": "0"}, {"a": "2"}, {"a": "4"}]
+    assert [json.loads(line) for line in cli("sql", q, "--format", "jsonl").stdout.splitlines()] == [{"a": "0"}, {"a": "2"}, {"a": "4"}]
+    table = cli("sql", q).stdout
+    assert " a " in table and " 4 " in table
+    out = tmp_path / "out.parquet"
+    assert cli("sql", q, "--format", "parquet", "--output", str(out)).exit_code == 0
+    assert pq.read_table(out).column("a").to_pylist() == ["0", "2", "4"]
+    r = cli("sql", "SELECT * FROM problems", "--max-rows", "5")
+    assert r.exit_code == 0 and "30 rows; showing 5" in r.stderr
+
+
+def test_bad_rows_fail_the_ingest_with_line_and_field(cli, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"problem": "fine"}\n{"problem": "x", "difficulty": "hard"}\n{oops\n')
+    r = cli("ingest", str(f), "--table", "problems")
+    assert r.exit_code == 2
+    assert "2 bad row(s), nothing ingested" in r.stderr
+    assert f"{f}:2: field 'difficulty': expected a number, got 'hard'" in r.stderr
+    assert f"{f}:3: invalid JSON" in r.stderr
+    with Lake.open(str(tmp_path / "store")) as lake:
+        assert lake.tables()[0]["rows"] == 0
+
+    rejects = tmp_path / "rejects.jsonl"
+    r = cli("ingest", str(f), "--table", "problems", "--skip-bad-rows", "--rejects", str(rejects))
+    assert r.exit_code == 0 and "2 bad row(s) skipped" in r.stderr and "ingested 1 row(s)" in r.stderr
+    lines = [json.loads(x) for x in rejects.read_text().splitlines()]
+    assert [(x["line"], x["field"]) for x in lines] == [(2, "difficulty"), (3, None)]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ingest", "missing.jsonl", "--table", "problems"], "missing.jsonl: no such file"),
+        (["ingest", "{seed}", "--table", "verdicts"], "--table 'verdicts'"),
+        (["ingest", "{seed}", "--table", "problems", "--map", "nofield=question"], "has no field(s) ['nofield']"),
+        (["ingest", "{seed}", "--table", "problems", "--map", "problem"], "--map 'problem': expected FIELD=VALUE"),
+        (["sql", "SELECT 1", "--format", "xml"], "--format 'xml'"),
+        (["sql", "SELECT 1", "--format", "parquet"], "--format parquet needs --output"),
+        (["sql", "DROP TABLE problems"], "only SELECT is allowed"),
+        (["sql", "SELECT * FROM read_csv('/etc/passwd')"], "read_csv() is not allowed"),
+        (["sql", "SELECT nope FROM problems"], "query failed: Binder Error"),
+        (["export", "nothing", "--output", "x.jsonl"], "dataset 'nothing' does not exist"),
+        (["export", "bad name", "--output", "x.jsonl"], "expected NAME or NAME@VERSION"),
+        (["export", "x", "--format", "xml", "--output", "x.xml"], "--format 'xml'"),
+        (["maintain", "--older-than", "soon"], "--older-than 'soon'"),
+        (["snapshot", "d", "SELECT * FROM nowhere"], "the SELECT fails"),
+    ],
+)
+def test_bad_input_exits_2_with_a_one_line_reason(cli, seed, args, message):
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    r = cli(*[a.replace("{seed}", str(seed)) for a in args])
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+    assert r.stdout == ""
+
+
+def test_read_commands_refuse_a_missing_lake(cli):
+    for args in (["sql", "SELECT 1"], ["tables"], ["export", "x", "--output", "x.jsonl"], ["maintain"]):
+        r = cli(*args)
+        assert r.exit_code == 2 and "no lake at" in r.stderr
+
+
+def test_snapshot_export_and_time_travel(cli, seed, tmp_path):
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    r = cli("snapshot", "seed", "SELECT problem_id, problem FROM problems ORDER BY problem", "--description", "first")
+    assert r.exit_code == 0 and "dataset seed version 1: 30 row(s)" in r.stderr
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"problem": "new one"}\n')
+    cli("ingest", str(more), "--table", "problems")
+    assert "version 2: 31 row(s)" in cli("snapshot", "seed", "SELECT problem_id, problem FROM problems ORDER BY problem").stderr
+
+    v1 = tmp_path / "v1.jsonl"
+    assert cli("export", "seed@1", "--output", str(v1)).exit_code == 0
+    assert len(v1.read_text().splitlines()) == 30
+    latest = tmp_path / "latest.parquet"
+    r = cli("export", "seed", "--format", "parquet", "--output", str(latest))
+    assert r.exit_code == 0 and "seed@2" in r.stderr and pq.read_table(latest).num_rows == 31
+    assert "version 3" in cli("export", "seed@3", "--output", str(v1)).stderr  # named in the error
+    assert len(v1.read_text().splitlines()) == 30  # the failed export left the old file alone
+
+    r = cli("tables")
+    assert r.exit_code == 0 and "problems" in r.stdout and "seed" in r.stdout
+
+
+def test_maintain_reports_orphans(cli, seed, tmp_path):
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    orphan = tmp_path / "store" / "data" / "main" / "problems" / "stray.parquet"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"PAR1")
+    r = cli("maintain", "--older-than", "0s", "--dry-run")
+    assert r.exit_code == 0 and str(orphan) in r.stdout and orphan.exists()
+    r = cli("maintain", "--older-than", "0s")
+    assert "deleted 1 orphaned file(s)" in r.stderr and not orphan.exists()
+
+
+@needs_data
+def test_the_installed_console_script_runs(tmp_path):
+    exe = shutil.which("factory") or str(Path(sys.executable).parent / "factory")
+    if not Path(exe).exists():
+        pytest.skip("the factory console script is not installed in this environment")
+    env = {"FACTORY_STORE": str(tmp_path / "store"), "PATH": str(Path(sys.executable).parent), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([exe, "ingest", str(GSM8K), "--table", "problems", "--map", "problem=question"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([exe, "sql", "SELECT count(*) AS n FROM problems", "--format", "csv"], env=env, capture_output=True, text=True)
+    assert r.stdout.splitlines() == ['"n"', "1319"]
+    r = subprocess.run([exe, "sql", "COPY problems TO '/tmp/x.csv'"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
