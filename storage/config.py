@@ -15,6 +15,7 @@ config files and profiles it reads.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -174,5 +175,11 @@ class LakeConfig(BaseModel):
         return self.s3 or S3Settings.from_env()
 
     def describe(self) -> str:
-        where = self.catalog if self.catalog_kind == "postgres" else self.catalog_file
+        """Where the lake is, for messages: never shows a password."""
+        where = _mask_password(self.catalog or "") if self.catalog_kind == "postgres" else self.catalog_file
         return f"store {self.store_root} (catalog {where})"
+
+
+def _mask_password(dsn: str) -> str:
+    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)

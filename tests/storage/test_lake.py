@@ -161,3 +161,9 @@ def test_config_resolution_order(tmp_path, monkeypatch):
     with pytest.raises(BadInput, match="store"):
         LakeConfig.resolve("http://example/x")
     assert LakeConfig.resolve(str(tmp_path), "sqlite:" + str(tmp_path / "c.db")).catalog_target.startswith("sqlite:")
+
+
+def test_descriptions_never_show_a_catalog_password():
+    url = LakeConfig(store="/tmp/x", catalog="postgresql://u:s3cret@127.0.0.1:5/db").describe()
+    kv = LakeConfig(store="/tmp/x", catalog="postgres:dbname=x password=s3cret host=h").describe()
+    assert "s3cret" not in url + kv and "u:***@" in url and "password=***" in kv
