@@ -6,12 +6,14 @@ batch commits, confined SQL, datasets, and the artifact store. Imports nothing o
         print(lake.tables())
 """
 
+from .artifacts import ArtifactStore
 from .config import LakeConfig, S3Settings
 from .errors import BadInput, FactoryError, LakeBusy, MissingDependency
 from .lake import CommitResult, DatasetVersion, Lake
 from .schemas import SCHEMA_VERSION, TABLES
 
 __all__ = [
+    "ArtifactStore",
     "BadInput",
     "CommitResult",
     "DatasetVersion",

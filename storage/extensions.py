@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -46,8 +47,15 @@ def extension_path(name: str) -> str:
     if real is None:
         return str(found)
     # Give DuckDB the file under its real name through a symlink in a per-user folder.
-    folder = Path(tempfile.gettempdir()) / f"factory-duckdb-ext-{os.getuid()}" / f"v{version}"
-    folder.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.gettempdir()) / f"factory-duckdb-ext-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    # /tmp is shared: a folder another user made first could swap the link for their own
+    # library, which LOAD would run. Use it only if it is ours and nobody else can write it.
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise MissingDependency(f"{base} is not a private folder of this user: remove it and retry")
+    folder = base / f"v{version}"
+    folder.mkdir(mode=0o700, exist_ok=True)
     link = folder / f"{real}.duckdb_extension"
     if not (link.is_symlink() and os.readlink(link) == str(found)):
         tmp = folder / f".{real}.{os.getpid()}"

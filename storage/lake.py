@@ -71,6 +71,12 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text or "database is locked" in text
 
 
+def _is_init_race(exc: BaseException) -> bool:
+    """Another process created the same fresh catalog at the same moment (PostgreSQL)."""
+    text = str(exc)
+    return "Failed to initialize DuckLake" in text and ("duplicate key value" in text or "already exists" in text)
+
+
 def _is_conflict(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "conflict" in text or "database is locked" in text or "could not serialize" in text
@@ -193,7 +199,7 @@ class Lake:
                 return con
             except duckdb.Error as exc:
                 con.close()
-                if _is_lock_error(exc) and time.monotonic() < deadline:
+                if (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline:
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue

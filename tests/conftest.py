@@ -1,0 +1,28 @@
+"""Shared fixtures: real services started once per test session (see tests/services.py)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# No test may download anything: transformers / huggingface_hub read the cache only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# `tests.services` must import however pytest is started (`pytest` or `python -m pytest`).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import services  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 with its own keys: a services.S3Server."""
+    with services.seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """A throwaway PostgreSQL server's DSN: postgresql://factory:PASSWORD@127.0.0.1:PORT/lake."""
+    with services.postgres() as dsn:
+        yield dsn
