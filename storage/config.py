@@ -82,6 +82,12 @@ class LakeConfig(BaseModel):
     data_inlining_row_limit: int | None = Field(None, ge=0)
     # How long to wait for another process that holds a DuckDB catalog file.
     lock_timeout_s: float = Field(60.0, ge=0)
+    # Batches of at least this many rows are written to Parquet by pyarrow and added to the
+    # catalog (ducklake_add_data_files) instead of INSERTed through DuckDB: 2-3x faster for
+    # big text batches. Smaller batches INSERT, where DuckLake can inline them.
+    direct_write_min_rows: int = Field(4096, ge=1)
+    # Parquet compression for both write paths (zstd; level 3 is DuckDB's and zstd's default).
+    zstd_level: int = Field(3, ge=1, le=22)
 
     @field_validator("store")
     @classmethod

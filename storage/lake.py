@@ -29,12 +29,15 @@ import os
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from . import schemas
 from .config import LakeConfig
@@ -43,6 +46,7 @@ from .extensions import connect as _connect_engine
 from .sql import check_confined, confine, parse_select, pin_to_snapshot, run_with_limit
 
 _ALIAS = "lake"
+_ROW_GROUP_ROWS = 122_880  # DuckDB's own row group size, so both write paths read alike
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class Lake:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.RLock()
         self._pg = None  # psycopg connection for advisory locks (PostgreSQL catalogs only)
+        self._fs: pafs.FileSystem | None = None  # for batches written by pyarrow
 
     # -- opening and closing -----------------------------------------------------------
 
@@ -183,6 +188,10 @@ class Lake:
         options = [f"DATA_PATH '{cfg.data_path}'"]
         if read_only:
             options.append("READ_ONLY")
+        if cfg.catalog_kind == "sqlite":
+            # WAL lets readers and the writer proceed together; the busy timeout makes a
+            # writer wait for the lock instead of failing at once (duckdb/ducklake#128).
+            options += ["META_JOURNAL_MODE 'WAL'", "META_BUSY_TIMEOUT 10000"]
         if cfg.data_inlining_row_limit is not None:
             options.append(f"DATA_INLINING_ROW_LIMIT {int(cfg.data_inlining_row_limit)}")
         if read_only and cfg.catalog_file and not Path(cfg.catalog_file).exists():
@@ -212,31 +221,39 @@ class Lake:
                 raise BadInput(f"cannot open the lake at {cfg.describe()}: {str(exc).splitlines()[0]}") from exc
 
     def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._retry(lambda: self._create_tables(con), "creating tables")
-        row = con.execute(f"SELECT value FROM {_ALIAS}.meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            self._retry(
-                lambda: con.execute(
-                    f"INSERT INTO {_ALIAS}.meta VALUES ('schema_version', ?)", [str(schemas.SCHEMA_VERSION)]
-                ),
-                "writing the schema version",
-            )
-        elif int(row[0]) > schemas.SCHEMA_VERSION:
+        # One writer at a time sets a lake up, so racing first writers neither conflict
+        # forever nor record the schema version twice.
+        with self._key_lock("lake:schema"):
+            self._retry(lambda: self._set_up(con), "setting up the lake")
+        version = con.execute(f"SELECT value FROM {_ALIAS}.meta WHERE key = 'schema_version'").fetchone()[0]
+        if int(version) > schemas.SCHEMA_VERSION:
             raise BadInput(
-                f"the lake at {self.config.describe()} has schema version {row[0]}, newer than this "
+                f"the lake at {self.config.describe()} has schema version {version}, newer than this "
                 f"code's {schemas.SCHEMA_VERSION}: upgrade reasoning-factory"
             )
 
-    def _create_tables(self, con: duckdb.DuckDBPyConnection) -> None:
-        # Looked up on every try: a concurrent first writer may have created them meanwhile.
+    def _set_up(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create missing tables, set the Parquet options and record the schema version, in
+        one transaction (looked up on every try: another writer may have done it meanwhile)."""
         existing = self._table_names(con)
         missing = [n for n in schemas.ALL_TABLES if n not in existing]
-        if not missing:
+        options = dict(con.execute(f"SELECT option_name, value FROM ducklake_options('{_ALIAS}')").fetchall())
+        # The codec first: DuckLake refuses a level for any codec but zstd.
+        wanted = [("parquet_compression", "zstd"), ("parquet_compression_level", str(self.config.zstd_level))]
+        stale = [(k, v) for k, v in wanted if options.get(k) != v]
+        has_version = "meta" in existing and con.execute(
+            f"SELECT 1 FROM {_ALIAS}.meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if not missing and not stale and has_version:
             return
         con.execute("BEGIN")
         try:
             for name in missing:
                 con.execute(schemas.create_table_sql(name, schemas.ALL_TABLES[name], _ALIAS))
+            for key, value in stale:
+                con.execute(f"CALL {_ALIAS}.set_option(?, ?)", [key, value])
+            if not has_version:
+                con.execute(f"INSERT INTO {_ALIAS}.meta VALUES ('schema_version', ?)", [str(schemas.SCHEMA_VERSION)])
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
@@ -299,18 +316,28 @@ class Lake:
         with self._lock:
             con = self.connection()  # first, so the store and its lock file exist
             with self._key_lock(batch_key):
-                return self._retry(lambda: self._commit_once(con, table, batch, batch_key, run), f"committing {batch_key!r}")
+                if self._committed(con, batch_key):
+                    return CommitResult(table, batch_key, 0, committed=False)
+                # Big batches: pyarrow writes the file once, outside the retried transaction.
+                written = self._write_parquet(table, batch) if batch.num_rows >= self.config.direct_write_min_rows else None
+                with self._catalog_write_lock():
+                    return self._retry(
+                        lambda: self._commit_once(con, table, batch, batch_key, run, written),
+                        f"committing {batch_key!r}",
+                    )
 
-    def _commit_once(self, con, table: str, batch: pa.Table, batch_key: str, run_id: str) -> CommitResult:
+    def _commit_once(
+        self, con, table: str, batch: pa.Table, batch_key: str, run_id: str, written: str | None
+    ) -> CommitResult:
         con.execute("BEGIN")
         try:
-            seen = con.execute(
-                f"SELECT 1 FROM {_ALIAS}.batches WHERE batch_key = ? LIMIT 1", [batch_key]
-            ).fetchone()
+            seen = con.execute(f"SELECT 1 FROM {_ALIAS}.batches WHERE batch_key = ? LIMIT 1", [batch_key]).fetchone()
             if seen:
                 con.execute("ROLLBACK")
                 return CommitResult(table, batch_key, 0, committed=False)
-            if batch.num_rows:
+            if written is not None:
+                con.execute(f"CALL ducklake_add_data_files('{_ALIAS}', ?, ?)", [table, written])
+            elif batch.num_rows:
                 con.register("_factory_batch", batch)
                 try:
                     con.execute(f'INSERT INTO {_ALIAS}."{table}" BY NAME SELECT * FROM _factory_batch')
@@ -322,13 +349,62 @@ class Lake:
             )
             con.execute("COMMIT")
         except BaseException:
+            # A file written for this batch stays: a failed COMMIT to a remote catalog may still
+            # have landed, so only maintain(), which sees what is referenced, may delete it.
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
         return CommitResult(table, batch_key, batch.num_rows, committed=True)
 
+    def _write_parquet(self, table: str, batch: pa.Table) -> str:
+        """Write a batch as one Parquet file in the table's folder; return its full path.
+
+        Until the transaction that adds it commits, no snapshot references the file: a writer
+        killed in between leaves an orphan for `maintain()`, never a partial batch."""
+        url = f"{self.config.data_path}main/{table}/ducklake-{uuid.uuid4()}.parquet"
+        fs, _ = self._data_fs()
+        path = self._fs_path(url)
+        if not self.config.is_s3:
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(
+            batch,
+            path,
+            filesystem=fs,
+            compression="zstd",
+            compression_level=self.config.zstd_level,
+            row_group_size=_ROW_GROUP_ROWS,
+        )
+        return url
+
+    def _data_fs(self) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem of the data path (local or S3, with the lake's credentials)."""
+        if self._fs is None:
+            if self.config.is_s3:
+                s3 = self.config.s3_settings()
+                scheme, _, host = (s3.endpoint_url or "").partition("://")
+                self._fs = pafs.S3FileSystem(
+                    access_key=s3.access_key_id,
+                    secret_key=s3.secret_access_key,
+                    session_token=s3.session_token,
+                    region=s3.region,
+                    endpoint_override=host or None,
+                    scheme=scheme or "https",
+                    force_virtual_addressing=s3.url_style == "vhost" and bool(s3.endpoint_url),
+                )
+            else:
+                self._fs = pafs.LocalFileSystem()
+        return self._fs, self.config.data_path
+
+    def _fs_path(self, url: str) -> str:
+        return url[len("s3://") :] if url.startswith("s3://") else url
+
     def is_committed(self, batch_key: str) -> bool:
-        return bool(self.query("SELECT count(*) AS n FROM batches WHERE batch_key = ?", [batch_key]).column("n")[0].as_py())
+        with self._lock:
+            return self._committed(self.connection(), batch_key)
+
+    @staticmethod
+    def _committed(con, batch_key: str) -> bool:
+        return con.execute(f"SELECT 1 FROM {_ALIAS}.batches WHERE batch_key = ? LIMIT 1", [batch_key]).fetchone() is not None
 
     @contextlib.contextmanager
     def _key_lock(self, batch_key: str) -> Iterator[None]:
@@ -342,9 +418,24 @@ class Lake:
             finally:
                 pg.execute("SELECT pg_advisory_unlock(%s)", [digest])
             return
-        lock_path = f"{self.config.catalog_file}.locks"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        offset = digest % (1 << 20)
+        with self._byte_lock(digest % (1 << 20)):
+            yield
+
+    @contextlib.contextmanager
+    def _catalog_write_lock(self) -> Iterator[None]:
+        """SQLite catalogs: one committing process at a time. SQLite cannot upgrade a reader to
+        a writer while another writer waits, and answers 'database is locked' at once then
+        (duckdb/ducklake#1309); queueing here turns that into a short wait."""
+        if self.config.catalog_kind != "sqlite":
+            yield
+            return
+        with self._byte_lock(1 << 21):  # past the per-key byte range
+            yield
+
+    @contextlib.contextmanager
+    def _byte_lock(self, offset: int) -> Iterator[None]:
+        """An exclusive lock on one byte of `<catalog>.locks`, held across processes."""
+        fd = os.open(f"{self.config.catalog_file}.locks", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
             try:

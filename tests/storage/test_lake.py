@@ -167,3 +167,21 @@ def test_descriptions_never_show_a_catalog_password():
     url = LakeConfig(store="/tmp/x", catalog="postgresql://u:s3cret@127.0.0.1:5/db").describe()
     kv = LakeConfig(store="/tmp/x", catalog="postgres:dbname=x password=s3cret host=h").describe()
     assert "s3cret" not in url + kv and "u:***@" in url and "password=***" in kv
+
+
+@pytest.mark.parametrize("direct", [1, 10_000], ids=["pyarrow-file", "insert"])
+def test_both_write_paths_give_the_same_rows(tmp_path, direct):
+    store = tmp_path / "store"
+    rows = [{"sample_id": f"s{i}", "problem_id": "p", "messages": [{"role": "user", "content": str(i)}],
+             "completion_tokens": i, "latency_s": i / 10} for i in range(50)]
+    with Lake.open(str(store), data_inlining_row_limit=0, direct_write_min_rows=direct) as lake:
+        assert lake.commit("samples", rows, batch_key="k", run_id="r").committed
+        assert not lake.commit("samples", rows, batch_key="k", run_id="r").committed
+        v = lake.save_dataset("d", "SELECT sample_id, messages, completion_tokens FROM samples ORDER BY completion_tokens")
+        lake.commit("samples", rows[:5], batch_key="k2", run_id="r")
+        got = lake.read_dataset("d", v.version).to_pylist()
+        assert [g["completion_tokens"] for g in got] == list(range(50))
+        assert got[7]["messages"] == [{"role": "user", "content": "7"}]
+        assert count(lake, "samples") == 55
+    files = [f for f in (store / "data" / "main" / "samples").rglob("*.parquet")]
+    assert files and {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in files} == {"ZSTD"}

@@ -21,13 +21,14 @@ WRITER = textwrap.dedent(
     """
     import sys
     from storage import Lake
-    store, catalog, prefix, first, last, rows, reopen = sys.argv[1:8]
+    store, catalog, prefix, first, last, rows, reopen, direct = sys.argv[1:9]
     first, last, rows, reopen = int(first), int(last), int(rows), reopen == "1"
     text = "x" * 500
     lake = None
     for b in range(first, last):
         if lake is None:
-            lake = Lake.open(store, catalog or None, data_inlining_row_limit=0, lock_timeout_s=60)
+            lake = Lake.open(store, catalog or None, data_inlining_row_limit=0, lock_timeout_s=60,
+                             direct_write_min_rows=int(direct))
         key = f"{prefix}{b}"
         batch = [{"problem_id": f"{key}-{i}", "problem": text, "source": key} for i in range(rows)]
         lake.commit("problems", batch, batch_key=key, run_id="w")
@@ -39,9 +40,11 @@ WRITER = textwrap.dedent(
 )
 
 
-def start_writer(store, catalog, prefix, first, last, rows, reopen=False):
+def start_writer(store, catalog, prefix, first, last, rows, reopen=False, direct=4096):
+    """`direct`: batches of at least this many rows are written by pyarrow, smaller ones INSERTed."""
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, store, catalog or "", prefix, str(first), str(last), str(rows), "1" if reopen else "0"],
+        [sys.executable, "-c", WRITER, store, catalog or "", prefix, str(first), str(last), str(rows),
+         "1" if reopen else "0", str(direct)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -67,9 +70,10 @@ def files_on_disk(store: str) -> set[str]:
 
 def test_sigkill_mid_commit_leaves_whole_batches_and_maintain_cleans_orphans(tmp_path):
     store = str(tmp_path / "store")
-    delays = [0.9, 1.3, 1.7, 2.1, 2.6]
+    delays = [0.9, 1.3, 1.7, 2.1, 2.6, 1.1, 1.5, 1.9]
     for trial, delay in enumerate(delays):
-        proc = start_writer(store, None, f"t{trial}-", 0, 1000, 4000)
+        # Odd trials write their batches through pyarrow + ducklake_add_data_files.
+        proc = start_writer(store, None, f"t{trial}-", 0, 1000, 4000, direct=1000 if trial % 2 else 100_000)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

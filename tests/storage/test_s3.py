@@ -141,3 +141,15 @@ def test_maintain_deletes_orphaned_parquet_on_s3(lake, s3_server, prefix):
     assert deleted == [f"s3://{BUCKET}/{orphan}"]
     assert set(_keys(s3_server, prefix)) == kept
     assert lake.query("SELECT count(*) AS n FROM problems").column("n").to_pylist() == [5]
+
+
+def test_big_batches_written_by_pyarrow_land_on_s3(s3_server, tmp_path, prefix):
+    store = f"s3://{BUCKET}/{prefix}"
+    ArtifactStore(LakeConfig(store=store, s3=s3_server.settings())).ensure_bucket()
+    with Lake.open(store, catalog=str(tmp_path / "c.ducklake"), s3=s3_server.settings(), direct_write_min_rows=10) as lake:
+        assert lake.commit("problems", _rows("big", 40), batch_key="big").committed
+        assert not lake.commit("problems", _rows("big", 40), batch_key="big").committed
+        assert lake.query("SELECT count(*) AS n FROM problems").to_pylist() == [{"n": 40}]
+        assert lake.sql("SELECT count(*) AS n FROM problems WHERE problem LIKE '%big 3%'").to_pylist() == [{"n": 11}]
+    keys = [k for k in _keys(s3_server, prefix) if k.startswith(f"{prefix}/data/main/problems/")]
+    assert len(keys) == 1 and keys[0].endswith(".parquet")
