@@ -209,7 +209,7 @@ def conform(table_name: str, data: pa.Table, defaults: dict[str, object] | None 
                     type=field.type if col.type == field.type else None,
                 )
         elif field.name in defaults:
-            col = pa.array([defaults[field.name]] * n, type=field.type)
+            col = pa.repeat(pa.scalar(defaults[field.name], type=field.type), n)
         elif field.nullable:
             col = pa.nulls(n, type=field.type)
         else:
