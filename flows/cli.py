@@ -81,7 +81,8 @@ def ingest(
     def job() -> None:
         mapping = ingest_mod.parse_assignments(map_, "--map")
         constants = ingest_mod.parse_assignments(set_, "--set")
-        data, bad = ingest_mod.read_table(input, table, mapping, constants, source)
+        with err.status(f"reading {input}"):
+            data, bad = ingest_mod.read_table(input, table, mapping, constants, source)
         unit = ingest_mod.position_unit(input)
         if bad and not skip_bad_rows:
             shown = "\n".join(r.describe(str(input), unit) for r in bad[:10])
@@ -91,7 +92,7 @@ def ingest(
             )
         key = ingest_mod.ingest_key(input, table, mapping, constants, source)
         run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        with Lake.open(store, catalog) as lake:
+        with Lake.open(store, catalog) as lake, err.status(f"committing {data.num_rows} row(s) to {table}"):
             result = lake.commit(table, data, batch_key=key, run_id=run)
         if bad:
             out = rejects or input.with_name(input.name + ".rejects.jsonl")
@@ -278,7 +279,8 @@ def export(
         with Lake.open(store, catalog, create=False) as lake:
             ds = lake.dataset(m["name"], version)
             reader = lake.dataset_reader(ds.name, ds.version)
-            rows = _write_stream(reader, format, output)
+            with err.status(f"writing {ds.name}@{ds.version} ({ds.row_count} rows) to {output}"):
+                rows = _write_stream(reader, format, output)
         err.print(f"wrote {rows} row(s) of {ds.name}@{ds.version} to {output}", markup=False)
 
     _run(job)
