@@ -1,0 +1,183 @@
+"""The teacher interface: what every backend takes and returns, and the request key.
+
+    from factory.teachers.base import RequestGroup, Sampling, TeacherConfig
+    group = RequestGroup(problem_id="p1", messages=[{"role": "user", "content": "1+1?"}],
+                         sampling=Sampling(max_tokens=256), sample_indices=(0, 1, 2, 3))
+    completions = await teacher.generate(group)   # one Completion per sample index received
+
+A request key is a content hash of (model id + revision, the exact messages, the sampling
+parameters, the sample index): the unit the ledger pays for exactly once. A backend receives
+a `RequestGroup` (one prompt, several sample indices) so it can ask for them in one call where
+the server supports `n`; it returns the completions it got, each tagged with its sample index.
+Fewer than asked is allowed (partial results are kept; the missing keys are sent again on the
+next run). Errors are `TeacherError`: `retryable` says whether trying again later can help.
+
+Backends: `factory.teachers.openai_http` (any OpenAI-compatible server), `factory.teachers.vllm_offline`
+(vLLM's `LLM.generate`), `factory.teachers.local` (transformers on CPU or one GPU).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..records import content_hash
+
+
+class Sampling(BaseModel):
+    """Sampling parameters. `n` is not here: the number of samples is the number of keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.6, ge=0.0, le=2.0)  # DeepSeek-R1's recommended setting
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(4096, ge=1)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(0.0, ge=0.0)
+    output_per_mtok: float = Field(0.0, ge=0.0)
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        return ((prompt_tokens or 0) * self.input_per_mtok + (completion_tokens or 0) * self.output_per_mtok) / 1e6
+
+
+class Endpoint(BaseModel):
+    """One server of an OpenAI-compatible teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(..., description="base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    max_concurrency: int = Field(64, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/]+", v):
+            raise ValueError(f"{v!r}: expected an http:// or https:// base URL such as http://127.0.0.1:8000/v1")
+        return v.rstrip("/")
+
+
+class TeacherConfig(BaseModel):
+    """A teacher as a recipe names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, description="our name for it, stored in samples.teacher")
+    backend: Literal["openai", "vllm", "transformers"]
+    model: str = Field(..., min_length=1, description="model id as the server knows it, or a local folder")
+    revision: str | None = None
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    api: Literal["chat", "completions"] = "chat"
+    supports_n: bool = True  # False: fan out one request per sample index
+    max_n: int = Field(16, ge=1)
+    context_window: int | None = Field(None, ge=1)
+    price: Price = Field(default_factory=Price)
+    request_timeout_s: float = Field(600.0, gt=0)  # per request, retries included
+    stall_timeout_s: float = Field(60.0, gt=0)  # no bytes for this long on a stream: give up
+    stream: bool = False
+    # vLLM and transformers
+    tensor_parallel_size: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    device: str | None = None  # transformers: "cpu", "cuda", or None for the best available
+    gguf_file: str | None = None  # transformers: a GGUF file inside the model folder
+
+
+@dataclass(frozen=True)
+class RequestGroup:
+    """One prompt and the sample indices wanted for it."""
+
+    problem_id: str
+    messages: tuple[dict, ...] | list[dict]
+    sampling: Sampling
+    sample_indices: tuple[int, ...]
+
+    def keys(self, config: TeacherConfig) -> dict[int, str]:
+        return {i: request_key(config, self.messages, self.sampling, i) for i in self.sample_indices}
+
+
+@dataclass
+class Completion:
+    """What a backend got for one sample index."""
+
+    sample_index: int
+    text: str  # the raw completion (the message content)
+    finish_reason: str | None
+    reasoning_content: str | None = None  # servers that split reasoning out (DeepSeek, vLLM reasoning parsers)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    endpoint: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class TeacherError(Exception):
+    """A request failed. `retryable`: a later try may succeed (the ledger will resend the key)."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class TeacherConfigError(TeacherError):
+    """The teacher cannot work as configured (unknown model, missing key, unreachable at start)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    config: TeacherConfig
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many groups the sampler may have in flight at once."""
+
+    async def check(self, longest_prompt: list[dict] | None = None) -> None:
+        """Fail with TeacherConfigError before any money is spent: unreachable endpoint, unknown
+        model, missing API key, a prompt longer than the context window."""
+
+    async def generate(self, group: RequestGroup) -> list[Completion]:
+        """The completions received for the group's sample indices (maybe fewer)."""
+
+    async def aclose(self) -> None: ...
+
+
+def request_key(config: TeacherConfig, messages, sampling: Sampling, sample_index: int) -> str:
+    """The content hash the ledger pays for once."""
+    return content_hash(
+        "request", config.model, config.revision, [dict(m) for m in messages], sampling.model_dump(), sample_index
+    )
+
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+
+
+def split_reasoning(text: str, reasoning_content: str | None = None) -> tuple[str | None, str | None]:
+    """(reasoning, answer) from a completion: `reasoning_content` when the server split it,
+    else the `<think>...</think>` block; an unterminated `<think>` (cut by max_tokens) is all
+    reasoning and no answer. Text without a think block is all answer."""
+    if reasoning_content:
+        return reasoning_content.strip(), text.strip() or None
+    m = _THINK.search(text)
+    if m:
+        answer = (text[: m.start()] + text[m.end() :]).strip()
+        return m.group(1).strip(), answer or None
+    if "<think>" in text:
+        return text.split("<think>", 1)[1].strip(), None
+    if "</think>" in text:  # templates that put <think> in the prompt
+        reasoning, answer = text.split("</think>", 1)
+        return reasoning.strip(), answer.strip() or None
+    return None, text.strip() or None
