@@ -463,6 +463,24 @@ class Lake:
 
         return pl.from_arrow(self.query(sql, params))
 
+    def existing(self, table: str, column: str, values: Iterable[str]) -> set[str]:
+        """Which of `values` already occur in `table.column` (e.g. request keys already paid for)."""
+        if table not in schemas.ALL_TABLES or schemas.ALL_TABLES[table].get_field_index(column) < 0:
+            raise BadInput(f"no column {column!r} in table {table!r}")
+        wanted = pa.table({"v": pa.array(list(values), pa.string())})
+        if not wanted.num_rows:
+            return set()
+        with self._lock:
+            con = self.connection()
+            con.register("_factory_wanted", wanted)
+            try:
+                rows = con.execute(
+                    f'SELECT DISTINCT t."{column}" FROM {_ALIAS}."{table}" t JOIN _factory_wanted w ON t."{column}" = w.v'
+                ).fetchall()
+            finally:
+                con.unregister("_factory_wanted")
+        return {r[0] for r in rows}
+
     def snapshot_id(self) -> int:
         with self._lock:
             return int(self.connection().execute(f"SELECT id FROM {_ALIAS}.current_snapshot()").fetchone()[0])

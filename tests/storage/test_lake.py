@@ -185,3 +185,11 @@ def test_both_write_paths_give_the_same_rows(tmp_path, direct):
         assert count(lake, "samples") == 55
     files = [f for f in (store / "data" / "main" / "samples").rglob("*.parquet")]
     assert files and {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in files} == {"ZSTD"}
+
+
+def test_existing_finds_values_already_in_a_column(lake):
+    lake.commit("problems", problems(5), batch_key="k", run_id="r")
+    assert lake.existing("problems", "problem_id", ["b-1", "b-3", "zz"]) == {"b-1", "b-3"}
+    assert lake.existing("problems", "problem_id", []) == set()
+    with pytest.raises(BadInput, match="no column"):
+        lake.existing("problems", "nope", ["x"])

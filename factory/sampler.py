@@ -1,0 +1,266 @@
+"""Sample a teacher through the request ledger, so that no request key is paid for twice.
+
+    groups = plan_requests(teacher.config, problems, Sampling(max_tokens=2048), samples_per_problem=4)
+    stats = asyncio.run(sample_teacher(lake, teacher, groups, run_id="r1", budget=Budget(max_usd=5.0)))
+
+The ledger is the `samples` table itself: a request key is done once a sample with that
+`request_key` is committed. Before sending, the keys already in the lake are dropped, so a
+rerun after a crash sends only what is missing. Samples are committed as they arrive, in small
+batches (`commit_every` samples or `commit_interval_s` seconds, whichever first), so a crash
+loses at most the requests in flight and the last unflushed batch; the buffer is flushed on the
+way out of any failure or cancellation. Partial results of an `n`-request are kept; the missing
+indices stay missing for the next run. `finish_reason=length` is stored as data, never retried.
+
+A `Budget` in tokens or dollars stops new requests once spent reaches it; requests in flight
+finish and are committed. Teachers are checked (`Teacher.check`) before the first request, so
+a missing key, an unknown model or a prompt over the context window fails before any spend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from storage import Lake
+
+from .records import content_hash
+from .teachers.base import Completion, RequestGroup, Sampling, Teacher, TeacherConfig, TeacherError, split_reasoning
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Budget:
+    """Stop sending new requests once either limit is reached (None: no limit)."""
+
+    max_tokens: int | None = None  # prompt + completion tokens
+    max_usd: float | None = None
+
+    def reached(self, tokens: int, usd: float) -> bool:
+        return (self.max_tokens is not None and tokens >= self.max_tokens) or (
+            self.max_usd is not None and usd >= self.max_usd
+        )
+
+
+@dataclass
+class SamplingStats:
+    """What one sampling pass did: the per-run counts the report shows."""
+
+    keys: int = 0  # request keys planned
+    already_done: int = 0  # found in the lake, not sent
+    sent_groups: int = 0
+    received: int = 0  # completions received
+    committed: int = 0  # samples committed
+    length_cut: int = 0  # finish_reason == "length"
+    failed_groups: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    spilled: int = 0  # received but not committable: written to a spill file
+    stopped_by_budget: bool = False
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def missing(self) -> int:
+        """Keys still without a sample after this pass."""
+        return self.keys - self.already_done - self.committed
+
+
+def plan_requests(
+    config: TeacherConfig,
+    problems: Iterable[dict],
+    sampling: Sampling,
+    samples_per_problem: int = 1,
+    prompt: Callable[[dict], list[dict]] | None = None,
+) -> list[RequestGroup]:
+    """One group per problem with sample indices 0..samples_per_problem-1.
+
+    Each problem is a dict with `problem_id` and either `messages` or `problem` (then the
+    messages are `prompt(problem)`, by default a single user turn with the problem text)."""
+    if samples_per_problem < 1:
+        raise ValueError("samples_per_problem must be at least 1")
+    make = prompt or (lambda p: [{"role": "user", "content": p["problem"]}])
+    groups = []
+    for p in problems:
+        messages = p.get("messages") or make(p)
+        groups.append(RequestGroup(p["problem_id"], tuple(dict(m) for m in messages), sampling, tuple(range(samples_per_problem))))
+    return groups
+
+
+def sample_row(config: TeacherConfig, group: RequestGroup, completion: Completion, key: str) -> dict:
+    """A `samples` row for one completion (sample_id is the request key: one sample per key)."""
+    reasoning, answer = split_reasoning(completion.text, completion.reasoning_content)
+    return {
+        "sample_id": key,
+        "request_key": key,
+        "problem_id": group.problem_id,
+        "teacher": config.name,
+        "model": config.model,
+        "model_revision": config.revision,
+        "backend": config.backend,
+        "sampling": json.dumps(group.sampling.model_dump(), sort_keys=True),
+        "sample_index": completion.sample_index,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in group.messages],
+        "reasoning": reasoning,
+        "answer": answer,
+        "completion": completion.text,
+        "finish_reason": completion.finish_reason,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "latency_s": completion.latency_s,
+        "cost_usd": config.price.cost(completion.prompt_tokens, completion.completion_tokens),
+        "metadata": json.dumps({"endpoint": completion.endpoint, **completion.extra}) if completion.endpoint or completion.extra else None,
+    }
+
+
+async def sample_teacher(
+    lake: Lake,
+    teacher: Teacher,
+    groups: list[RequestGroup],
+    *,
+    run_id: str,
+    budget: Budget | None = None,
+    commit_every: int = 32,
+    commit_interval_s: float = 2.0,
+    max_consecutive_failures: int = 50,
+    spill_dir: str = "factory-spill",
+    on_progress: Callable[[SamplingStats], None] | None = None,
+) -> SamplingStats:
+    """Send every group's missing keys to the teacher and commit the samples as they come."""
+    config = teacher.config
+    stats = SamplingStats()
+    keyed = [(g, g.keys(config)) for g in groups]
+    stats.keys = sum(len(k) for _, k in keyed)
+    done = await asyncio.to_thread(lake.existing, "samples", "request_key", [k for _, ks in keyed for k in ks.values()])
+    stats.already_done = len(done)
+    todo: list[tuple[RequestGroup, dict[int, str]]] = []
+    for group, keys in keyed:
+        missing = {i: k for i, k in keys.items() if k not in done}
+        if missing:
+            todo.append((RequestGroup(group.problem_id, group.messages, group.sampling, tuple(missing)), missing))
+    if not todo:
+        return stats
+
+    longest = max((g for g, _ in todo), key=lambda g: sum(len(m["content"]) for m in g.messages))
+    await teacher.check(list(longest.messages))
+
+    committer = _Committer(lake, run_id, stats, commit_every, commit_interval_s, spill_dir)
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+    halt: list[BaseException] = []
+    consecutive_failures = 0
+
+    async def worker() -> None:
+        nonlocal consecutive_failures
+        while not halt:
+            if budget and budget.reached(stats.prompt_tokens + stats.completion_tokens, stats.cost_usd):
+                stats.stopped_by_budget = True
+                return
+            try:
+                group, keys = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            stats.sent_groups += 1
+            try:
+                completions = await teacher.generate(group)
+            except TeacherError as exc:
+                stats.failed_groups += 1
+                stats.errors[_error_label(exc)] += 1
+                consecutive_failures += 1
+                log.warning("teacher %s: group %s failed: %s", config.name, group.problem_id, exc)
+                if not exc.retryable and getattr(exc, "status", None) in (401, 403, 404):
+                    halt.append(exc)  # every further request would fail the same way
+                elif consecutive_failures >= max_consecutive_failures:
+                    halt.append(exc)
+                continue
+            consecutive_failures = 0
+            rows = []
+            for c in completions:
+                key = keys.get(c.sample_index)
+                if key is None:
+                    log.warning("teacher %s returned an unrequested sample index %s", config.name, c.sample_index)
+                    continue
+                rows.append(sample_row(config, group, c, key))
+                stats.received += 1
+                stats.length_cut += c.finish_reason == "length"
+                stats.prompt_tokens += c.prompt_tokens or 0
+                stats.completion_tokens += c.completion_tokens or 0
+                stats.cost_usd += rows[-1]["cost_usd"]
+            await committer.add(rows)
+            if on_progress:
+                on_progress(stats)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, teacher.max_concurrency))]
+    ticker = asyncio.create_task(committer.tick())
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        # Whatever happened (an error, a cancel), what was received is paid for: keep it.
+        for w in workers:
+            w.cancel()
+        ticker.cancel()
+        await asyncio.gather(*workers, ticker, return_exceptions=True)
+        await committer.flush()
+    if halt:
+        raise halt[0]
+    return stats
+
+
+def _error_label(exc: TeacherError) -> str:
+    status = getattr(exc, "status", None)
+    return f"http {status}" if status else type(exc).__name__
+
+
+class _Committer:
+    """Buffers sample rows and commits them in small exactly-once batches; rows that cannot be
+    committed (the lake is down) are written to a JSONL spill file rather than lost:
+    `factory ingest SPILL --table samples` loads them later."""
+
+    def __init__(self, lake: Lake, run_id: str, stats: SamplingStats, every: int, interval_s: float, spill_dir: str):
+        self.lake, self.run_id, self.stats, self.spill_dir = lake, run_id, stats, spill_dir
+        self.every, self.interval_s = max(1, every), interval_s
+        self.rows: list[dict] = []
+        self.lock = asyncio.Lock()
+        self.last = time.monotonic()
+
+    async def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.every:
+            await self.flush()
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s / 2)
+            if self.rows and time.monotonic() - self.last >= self.interval_s:
+                await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            if not self.rows:
+                return
+            rows, self.rows = self.rows, []
+            # The batch key is the set of request keys: committing the same samples twice is a no-op.
+            key = "samples:" + content_hash(sorted(r["request_key"] for r in rows))
+            try:
+                result = await asyncio.to_thread(self.lake.commit, "samples", rows, batch_key=key, run_id=self.run_id)
+            except BaseException:
+                self._spill(rows)
+                raise
+            self.stats.committed += result.rows
+            self.last = time.monotonic()
+
+    def _spill(self, rows: list[dict]) -> None:
+        os.makedirs(self.spill_dir, exist_ok=True)
+        path = os.path.join(self.spill_dir, f"samples-{self.run_id}-{int(time.time() * 1000)}.jsonl")
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, default=str) + "\n")
+        self.stats.spilled += len(rows)
+        log.error("could not commit %d sample(s); kept them in %s", len(rows), path)
