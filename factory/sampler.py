@@ -148,7 +148,7 @@ async def sample_teacher(
         return stats
 
     longest = max((g for g, _ in todo), key=lambda g: sum(len(m["content"]) for m in g.messages))
-    await teacher.check(list(longest.messages))
+    await teacher.check(list(longest.messages), max_tokens=max(g.sampling.max_tokens for g, _ in todo))
 
     committer = _Committer(lake, run_id, stats, commit_every, commit_interval_s, spill_dir)
     queue: asyncio.Queue = asyncio.Queue()

@@ -145,9 +145,10 @@ class Teacher(Protocol):
     def max_concurrency(self) -> int:
         """How many groups the sampler may have in flight at once."""
 
-    async def check(self, longest_prompt: list[dict] | None = None) -> None:
+    async def check(self, longest_prompt: list[dict] | None = None, max_tokens: int | None = None) -> None:
         """Fail with TeacherConfigError before any money is spent: unreachable endpoint, unknown
-        model, missing API key, a prompt longer than the context window."""
+        model, missing API key, a prompt (plus `max_tokens`, where the length is known exactly)
+        longer than the context window."""
 
     async def generate(self, group: RequestGroup) -> list[Completion]:
         """The completions received for the group's sample indices (maybe fewer)."""

@@ -193,7 +193,7 @@ class OpenAITeacher:
             )
         return got
 
-    async def check(self, longest_prompt: list[dict] | None = None) -> None:
+    async def check(self, longest_prompt: list[dict] | None = None, max_tokens: int | None = None) -> None:
         name = self.config.name
         for ep in self._endpoints:
             if ep.api_key_env and not os.environ.get(ep.api_key_env):
@@ -207,6 +207,13 @@ class OpenAITeacher:
                 raise TeacherConfigError(
                     f"teacher {name!r}: the longest prompt is {tokens} tokens ({how}), longer than the "
                     f"context window of {self.config.context_window}; shorten it or raise context_window"
+                )
+            if max_tokens and tokens + max_tokens > self.config.context_window:
+                # Only a warning: without a tokenizer the count is a deliberate overestimate, and
+                # servers cap max_tokens themselves or answer 400, which fails that request alone.
+                log.warning(
+                    "teacher %r: the longest prompt (~%d tokens) plus max_tokens %d exceeds the context window %d",
+                    name, tokens, max_tokens, self.config.context_window,
                 )
         # A session of its own, closed here: check() may run in another event loop than generate().
         async with self.aiohttp.ClientSession(timeout=self.aiohttp.ClientTimeout(total=self.check_timeout_s)) as session:

@@ -28,7 +28,7 @@ class ScriptedTeacher:
     def max_concurrency(self):
         return self._concurrency
 
-    async def check(self, longest_prompt=None):
+    async def check(self, longest_prompt=None, max_tokens=None):
         self.checked += 1
 
     async def generate(self, group):

