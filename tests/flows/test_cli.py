@@ -152,3 +152,39 @@ def test_the_installed_console_script_runs(tmp_path):
     assert r.stdout.splitlines() == ['"n"', "1319"]
     r = subprocess.run([exe, "sql", "COPY problems TO '/tmp/x.csv'"], env=env, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_verify_math_choice_and_regex_in_input_order(cli, tmp_path):
+    rows = [
+        {"id": "a", "completion": "<think>2+2</think>The answer is \\boxed{4}", "reference_answer": "4"},
+        {"id": "b", "completion": "<think>hmm</think>A: 5", "reference_answer": 4},
+        {"id": "c", "completion": "<think>no answer</think>", "reference_answer": "4"},
+    ]
+    out = tmp_path / "out.jsonl"
+    r = cli("verify", write_rows(tmp_path / "m.jsonl", rows), "--verifier", "math", "--output", str(out))
+    assert r.exit_code == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(g["id"], g["status"], g["score"]) for g in got] == [("a", "pass", 1.0), ("b", "fail", 0.0), ("c", "unverifiable", None)]
+    assert set(got[0]) == {"id", "status", "score", "extracted_answer", "reason"}
+
+    choice = [{"id": 1, "completion": "Answer: (B)", "reference_answer": "B"}]
+    r = cli("verify", write_rows(tmp_path / "c.jsonl", choice), "--verifier", "choice")
+    assert json.loads(r.stdout)["status"] == "pass"
+    regex = [{"id": 1, "completion": "Answer: 12:30", "pattern": r"\d\d:\d\d"}]
+    assert json.loads(cli("verify", write_rows(tmp_path / "r.jsonl", regex), "--verifier", "regex").stdout)["status"] == "pass"
+
+
+def test_verify_bad_rows_exit_2_naming_the_line(cli, tmp_path):
+    f = write_rows(tmp_path / "bad.jsonl", [{"id": 1, "completion": "x", "reference_answer": "1"}, {"id": 2, "completion": 3}])
+    r = cli("verify", f, "--verifier", "math")
+    assert r.exit_code == 2 and f"{f}:2: field 'completion': expected a string" in r.stderr and r.stdout == ""
+    r = cli("verify", f, "--verifier", "sql")
+    assert r.exit_code == 2 and "--verifier 'sql'" in r.stderr
+    code = write_rows(tmp_path / "code.jsonl", [{"id": 1, "completion": "x", "tests": {"style": "unit"}}])
+    r = cli("verify", code, "--verifier", "code")
+    assert r.exit_code == 2 and "style 'asserts' or 'stdio'" in r.stderr
