@@ -43,24 +43,19 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 from storage.errors import MissingDependency
 
-from .base import Completion, RequestGroup, TeacherConfig, TeacherConfigError, TeacherError
-from .local import EMBEDDED_GGUF, BatchRow, MicroBatcher, embedded_model_folder, is_embedded
+from .base import Completion, TeacherConfig, TeacherConfigError, TeacherError
+from .batching import BatchedTeacher, BatchRow, MicroBatcher
+from .local import EMBEDDED_GGUF, embedded_model_folder, is_embedded
 
 log = logging.getLogger(__name__)
 
 PIP_LINE = "pip install 'reasoning-factory[vllm]'"
 
 
-@dataclass(frozen=True)
-class _Prompt:
-    token_ids: list[int]
-
-
-class VLLMTeacher:
+class VLLMTeacher(BatchedTeacher):
     """vLLM's offline engine as a teacher (see the module docstring)."""
 
     def __init__(self, config: TeacherConfig):
@@ -91,26 +86,6 @@ class VLLMTeacher:
             tokenizer = model if os.path.isfile(os.path.join(model, "tokenizer_config.json")) else None
             return os.path.join(model, self.config.gguf_file), tokenizer
         return model, None
-
-    async def check(self, longest_prompt: list[dict] | None = None, max_tokens: int | None = None) -> None:
-        """Build the engine (TeacherConfigError naming the teacher if it cannot be), then
-        refuse a prompt that leaves no room for `max_tokens` (or one) new tokens."""
-        await self._ensure_loaded()
-        if longest_prompt:
-            self._check_length(len(self._encode(longest_prompt)), max_tokens or 1)
-
-    async def generate(self, group: RequestGroup) -> list[Completion]:
-        if not group.sample_indices:
-            return []
-        await self._ensure_loaded()
-        prompt = self._encode(group.messages)
-        self._check_length(len(prompt), group.sampling.max_tokens)
-        return await self._batcher.submit(group, _Prompt(prompt))
-
-    async def aclose(self) -> None:
-        """Stop batching and drop the engine (a later call builds it again)."""
-        await self._batcher.aclose()
-        await asyncio.to_thread(self._release)  # the lock may be held by a load in progress
 
     def _release(self) -> None:
         with self._load_lock:

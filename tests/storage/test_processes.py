@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Lake, LakeBusy
+from storage import Lake
 
 pytestmark = pytest.mark.integration
 

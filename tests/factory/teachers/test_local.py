@@ -220,7 +220,7 @@ def test_missing_smollm2_wheel_names_the_pip_line(monkeypatch):
 
 def test_batcher_keeps_partial_results_fails_whole_failures_and_skips_cancelled_callers():
     from factory.teachers.base import Completion, TeacherError
-    from factory.teachers.local import MicroBatcher
+    from factory.teachers.batching import MicroBatcher
 
     batches = []
 
