@@ -241,10 +241,14 @@ class Lake:
         # The codec first: DuckLake refuses a level for any codec but zstd.
         wanted = [("parquet_compression", "zstd"), ("parquet_compression_level", str(self.config.zstd_level))]
         stale = [(k, v) for k, v in wanted if options.get(k) != v]
-        has_version = "meta" in existing and con.execute(
-            f"SELECT 1 FROM {_ALIAS}.meta WHERE key = 'schema_version'"
+        row = "meta" in existing and con.execute(
+            f"SELECT value FROM {_ALIAS}.meta WHERE key = 'schema_version'"
         ).fetchone()
-        if not missing and not stale and has_version:
+        has_version = bool(row)
+        # An older lake is migrated by creating the tables it lacks (every change so far adds
+        # tables) and recording the new version.
+        older = has_version and int(row[0]) < schemas.SCHEMA_VERSION
+        if not missing and not stale and has_version and not older:
             return
         con.execute("BEGIN")
         try:
@@ -254,6 +258,10 @@ class Lake:
                 con.execute(f"CALL {_ALIAS}.set_option(?, ?)", [key, value])
             if not has_version:
                 con.execute(f"INSERT INTO {_ALIAS}.meta VALUES ('schema_version', ?)", [str(schemas.SCHEMA_VERSION)])
+            elif older:
+                con.execute(
+                    f"UPDATE {_ALIAS}.meta SET value = ? WHERE key = 'schema_version'", [str(schemas.SCHEMA_VERSION)]
+                )
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):

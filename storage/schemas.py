@@ -5,8 +5,9 @@ is conformed to it before commit (missing nullable columns become nulls, the res
 a missing required column or an impossible cast is a `BadInput` naming the column). Free-form
 JSON lives in VARCHAR columns (`metadata`, `sampling`, `counts`): query it with `col::JSON`.
 
-`SCHEMA_VERSION` is stored in the lake's `meta` table; bump it with any change here and add
-the migration to `Lake._migrate`.
+`SCHEMA_VERSION` is stored in the lake's `meta` table; bump it with any change here. Opening
+an older lake creates the tables it lacks and records the new version (`Lake._set_up`); a
+change that alters an existing table needs a migration step there too.
 
     python -c "from storage.schemas import TABLES; print(list(TABLES))"
 """
@@ -17,7 +18,7 @@ import pyarrow as pa
 
 from .errors import BadInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the `minhash` table (dedup's persisted index)
 
 _ts = pa.timestamp("us", tz="UTC")
 _message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -98,6 +99,24 @@ DEDUP = pa.schema(
     ]
 )
 
+# The dedup index's cluster leaders, so a new batch is checked against every earlier run
+# without rebuilding: one row per leader. Band keys are recomputed from the signature (cheap),
+# so they are not stored. The signature is uint32 values held as int64 (the lake has no
+# unsigned or binary column types).
+MINHASH = pa.schema(
+    [
+        _f("item_id", pa.string(), True),  # the leader's problem_id or sample_id (= its cluster_id)
+        _f("item_kind", pa.string(), True),  # problem | sample, as in `dedup`
+        _f("run_id", pa.string(), True),
+        _f("group_id", pa.string()),  # responses: the problem_id they are compared within
+        _f("num_perm", pa.int32(), True),
+        _f("ngram", pa.int32(), True),
+        _f("seed", pa.int64(), True),
+        _f("signature", pa.list_(pa.int64()), True),
+        _f("created_at", _ts, True),
+    ]
+)
+
 DATASETS = pa.schema(
     [
         _f("name", pa.string(), True),
@@ -146,6 +165,7 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "verdicts": VERDICTS,
     "dedup": DEDUP,
+    "minhash": MINHASH,
     "datasets": DATASETS,
     "runs": RUNS,
 }

@@ -54,3 +54,13 @@ def test_conform_refuses_nulls_in_required_columns():
 def test_ddl_types_cover_nested_columns():
     assert schemas.duckdb_type(schemas.SAMPLES.field("messages").type) == 'STRUCT("role" VARCHAR, "content" VARCHAR)[]'
     assert schemas.duckdb_type(schemas.PROBLEMS.field("contamination").type) == "VARCHAR[]"
+
+
+def test_an_older_lake_gains_new_tables_and_version(tmp_path):
+    store = str(tmp_path / "lake")
+    with Lake.open(store) as lake:
+        lake.query("DROP TABLE minhash")
+        lake.query("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Lake.open(store) as lake:
+        assert lake.query("SELECT value FROM meta WHERE key = 'schema_version'").to_pylist() == [{"value": str(schemas.SCHEMA_VERSION)}]
+        assert lake.query("SELECT count(*) AS n FROM minhash").to_pylist() == [{"n": 0}]
