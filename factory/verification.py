@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from storage.errors import BadInput
+from storage.errors import BadInput, bad_rows
 
 from .verifiers.base import Verdict
 
@@ -43,8 +43,7 @@ def read_verify_rows(path: str | Path, verifier: str) -> list[dict]:
                 continue
             rows.append(row)
     if problems:
-        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise BadInput(f"{len(problems)} bad row(s), nothing verified:\n" + "\n".join(problems[:10]) + more)
+        raise bad_rows(problems, "nothing verified")
     return rows
 
 

@@ -10,6 +10,7 @@ Data goes to stdout; messages and progress go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from factory import ingest as ingest_mod
 from storage import BadInput, FactoryError, Lake, LakeBusy
+from storage.errors import bad_rows
 
 app = typer.Typer(
     name="factory",
@@ -85,10 +87,9 @@ def ingest(
             data, bad = ingest_mod.read_table(input, table, mapping, constants, source)
         unit = ingest_mod.position_unit(input)
         if bad and not skip_bad_rows:
-            shown = "\n".join(r.describe(str(input), unit) for r in bad[:10])
-            more = f"\n... and {len(bad) - 10} more" if len(bad) > 10 else ""
-            raise BadInput(
-                f"{len(bad)} bad row(s), nothing ingested (use --skip-bad-rows to keep the good ones):\n{shown}{more}"
+            raise bad_rows(
+                [r.describe(str(input), unit) for r in bad],
+                "nothing ingested (use --skip-bad-rows to keep the good ones)",
             )
         key = ingest_mod.ingest_key(input, table, mapping, constants, source)
         run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -288,8 +289,7 @@ def export(
 
 def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> int:
     """Stream batches to a file; a failure leaves no half-written file behind."""
-    tmp = output.with_name(output.name + ".partial")
-    try:
+    with _atomic(output) as tmp:
         if format == "parquet":
             import pyarrow.parquet as pq
 
@@ -301,8 +301,16 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> in
         else:
             with open(tmp, "w", encoding="utf-8") as fh:
                 rows = _write_jsonl(reader, fh)
+    return rows
+
+
+@contextlib.contextmanager
+def _atomic(output: Path):
+    """A temporary path that replaces `output` only when the block succeeds."""
+    tmp = output.with_name(output.name + ".partial")
+    try:
+        yield tmp
         tmp.replace(output)
-        return rows
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -353,15 +361,13 @@ def _read_rows(input: Path, column: str) -> list[dict]:
         else:
             rows.append(record)
     if problems:
-        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise BadInput(f"{len(problems)} bad row(s), nothing written:\n" + "\n".join(problems[:10]) + more)
+        raise bad_rows(problems, "nothing written")
     return rows
 
 
 def _write_rows(rows: list[dict], output: Path) -> None:
     """JSONL, or Parquet when the output ends in .parquet; atomically."""
-    tmp = output.with_name(output.name + ".partial")
-    try:
+    with _atomic(output) as tmp:
         if output.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
@@ -370,9 +376,6 @@ def _write_rows(rows: list[dict], output: Path) -> None:
             with open(tmp, "w", encoding="utf-8") as fh:
                 for r in rows:
                     fh.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @app.command()

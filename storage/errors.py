@@ -22,6 +22,12 @@ class MissingDependency(FactoryError, ImportError):
     """An optional dependency is absent; the message gives the exact pip line."""
 
 
+def bad_rows(problems: list[str], consequence: str) -> BadInput:
+    """One error for all the bad rows of a file: the first ten, each naming its line, and a count."""
+    more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    return BadInput(f"{len(problems)} bad row(s), {consequence}:\n" + "\n".join(problems[:10]) + more)
+
+
 def require(module: str, pip_line: str):
     """Import an optional module or fail with the exact install line."""
     import importlib

@@ -4,7 +4,7 @@ Concurrent `generate` calls (the sampler keeps `max_concurrency` in flight) are 
 batches of at most `batch_size` rows and run by one blocking function in a worker thread, so
 the sampler's concurrency becomes real batches on the device. `BatchedTeacher` gives both
 backends the same check/generate/aclose over it; a backend supplies `_ensure_loaded`,
-`_encode`, `_check_length`, `_release` and the batch function.
+`_encode`, `_release`, a `context_window` and the batch function.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from .base import Completion, RequestGroup, TeacherError
+from .base import Completion, RequestGroup, TeacherConfigError, TeacherError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ class BatchedTeacher:
         """Stop batching and drop the model (a later call loads it again)."""
         await self._batcher.aclose()
         await asyncio.to_thread(self._release)  # the lock may be held by a load in progress
+
+    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        window = self.context_window
+        if window and prompt_tokens + max_tokens > window:
+            raise TeacherConfigError(
+                f"teacher {self.config.name!r}: a prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} "
+                f"does not fit the context window of {window} tokens"
+            )
 
 
 

@@ -238,14 +238,6 @@ class LocalTeacher(BatchedTeacher):
         # The template already holds the special tokens (BOS, role markers): add none.
         return self._tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
-        window = self.context_window
-        if window and prompt_tokens + max_tokens > window:
-            raise TeacherConfigError(
-                f"teacher {self.config.name!r}: a prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} "
-                f"does not fit the context window of {window} tokens"
-            )
-
     # -- one batch (runs in a worker thread) --
 
     def _run_batch(self, rows: list[BatchRow]) -> list[Completion]:

@@ -146,14 +146,6 @@ class VLLMTeacher(BatchedTeacher):
             raise TeacherError(f"teacher {self.config.name!r}: the chat template rejected the messages: {exc}", retryable=False) from exc
         return self._tokenizer.encode(text, add_special_tokens=False)  # the template holds the special tokens
 
-    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
-        window = self.context_window
-        if window and prompt_tokens + max_tokens > window:
-            raise TeacherConfigError(
-                f"teacher {self.config.name!r}: a prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} "
-                f"does not fit the context window of {window} tokens"
-            )
-
     # -- one batch (runs in a worker thread) --
 
     def _run_batch(self, rows: list[BatchRow]) -> list[Completion | TeacherError]:
