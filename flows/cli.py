@@ -482,6 +482,14 @@ def maintain(
 
 
 
+# Commands that live in their own modules register themselves on `app` when imported; they
+# import their heavy libraries (torch, Prefect) inside the command body, so `--help` stays fast.
+from flows import run as _run_commands  # noqa: E402,F401  factory run / runs / schedule / serve
+from flows import train as _train_commands  # noqa: E402,F401  factory train sft|distill|grpo
+from flows import evaluate as _eval_commands  # noqa: E402,F401  factory eval
+from flows import report as _report_commands  # noqa: E402,F401  factory report
+
+
 def render_help() -> str:
     """Every command's --help as Markdown: docs/cli.md is this text (a test keeps them equal).
 

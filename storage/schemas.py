@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .errors import BadInput
 
-SCHEMA_VERSION = 2  # 2: the `minhash` table (dedup's persisted index)
+SCHEMA_VERSION = 3  # 2: the `minhash` table (dedup's persisted index); 3: `labels` and `evals`
 
 _ts = pa.timestamp("us", tz="UTC")
 _message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -146,6 +146,52 @@ RUNS = pa.schema(
     ]
 )
 
+# What is known of a problem's answer and difficulty from its samples: majority-vote labels
+# (when there is no gold), the gold audit, and pass rates. One row per problem per labelling
+# pass; readers take the newest row of a problem.
+LABELS = pa.schema(
+    [
+        _f("problem_id", pa.string(), True),
+        _f("run_id", pa.string(), True),
+        _f("method", pa.string(), True),  # gold | majority | none (too few votes / no agreement)
+        _f("label", pa.string()),  # the answer taken as right (gold or the majority's)
+        _f("confidence", pa.float64()),  # the majority's vote share
+        _f("votes", pa.int32()),  # samples with an extractable answer
+        _f("n_samples", pa.int32()),
+        _f("n_passed", pa.int32()),  # samples whose verdicts all passed
+        _f("pass_rate", pa.float64()),  # n_passed / n_samples: difficulty (GRPO wants 0 < p < 1)
+        _f("gold_disagrees", pa.bool_()),  # gold audit: a strong majority contradicts the gold
+        _f("majority_answer", pa.string()),
+        _f("metadata", pa.string()),  # JSON
+        _f("created_at", _ts, True),
+    ]
+)
+
+# Student evaluation: one row per (eval, benchmark item, sample), so `factory sql` can compare
+# checkpoints; scores (pass@k, maj@k, intervals) are computed from these rows.
+EVALS = pa.schema(
+    [
+        _f("eval_id", pa.string(), True),  # hash of model, benchmark, prompt format, sampling
+        _f("run_id", pa.string(), True),
+        _f("model", pa.string(), True),  # checkpoint folder, exported student or endpoint model
+        _f("backend", pa.string()),
+        _f("benchmark", pa.string(), True),
+        _f("item_id", pa.string(), True),
+        _f("prompt_format", pa.string()),
+        _f("sampling", pa.string()),  # JSON
+        _f("sample_index", pa.int32(), True),
+        _f("request_key", pa.string()),
+        _f("completion", pa.string()),
+        _f("extracted_answer", pa.string()),
+        _f("reference_answer", pa.string()),
+        _f("status", pa.string(), True),  # the verdict: pass | fail | unverifiable | error
+        _f("correct", pa.bool_(), True),
+        _f("completion_tokens", pa.int64()),
+        _f("finish_reason", pa.string()),
+        _f("created_at", _ts, True),
+    ]
+)
+
 # The exactly-once ledger: one row per committed batch, written in the same transaction.
 BATCHES = pa.schema(
     [
@@ -166,8 +212,10 @@ TABLES: dict[str, pa.Schema] = {
     "verdicts": VERDICTS,
     "dedup": DEDUP,
     "minhash": MINHASH,
+    "labels": LABELS,
     "datasets": DATASETS,
     "runs": RUNS,
+    "evals": EVALS,
 }
 # Bookkeeping tables the lake manages itself.
 INTERNAL: dict[str, pa.Schema] = {"batches": BATCHES, "meta": META}
