@@ -4,6 +4,7 @@
     rows = dedup_records(rows, "problem", threshold=0.8)            # every row + cluster_id, kept, similarity, method
     rows = dedup_records(samples, "completion", kind="response", k=2)  # at most 2 per near-dup cluster per problem
     sigs = minhash_signatures(texts)                                 # (len(texts), 128) uint32
+    load_kernels()                                                   # a long-running worker: numba kernels now
     with Lake.open("./factory-store") as lake:
         dedup_lake(lake, "problems", run_id="r7")                    # new rows vs everything kept before
 
@@ -18,8 +19,13 @@ datasketch and rensa pipelines spend their time):
    (a polynomial in the word hashes, mixed again); shingles never cross documents;
 4. `num_perm` hash functions h_k(x) = (a_k * x + b_k) mod 2**32 (a_k odd: a bijection of the
    32-bit space, datasketch's "affine32" scheme) on the top 32 bits of the mixed shingle hash,
-   applied per permutation over all shingles of a chunk of documents, with the minimum per
-   document taken by `np.minimum.reduceat`.
+   and the minimum per document.
+Two implementations give the same values: numba kernels (`_scan_words`, `_sketch_words`: one
+pass over the bytes, then per document and permutation a vectorised minimum over its shingles
+held in L1; ~2.5x faster end to end) and numpy (steps 2-4 as whole-array operations, the
+permutations applied one at a time over a chunk with `np.minimum.reduceat`), which runs when
+numba is not installed and for the first 32 MB of text a process hashes (loading numba costs
+~0.5 s; `load_kernels()` loads it at once).
 A document with fewer than `ngram` words has one shingle: all its words. An empty document
 has the all-0xFFFFFFFF signature.
 
@@ -93,15 +99,14 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 # _BYTE_MASKS[n]: the low n bytes of a uint64 (n = 0..8).
 _BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [_MASK64], dtype=np.uint64)
-def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All words of all texts as 64-bit hashes, and each text's first word index (len+1).
 
-    A word's bytes are read 8 at a time as unaligned little-endian uint64 loads straight out
-    of the batch buffer (a byte-strided uint64 view), masked to the word's length and folded
-    with a multiply and splitmix: numpy work per word, no Python object per word."""
-    # One separator byte between texts, so no word spans two texts; 8 zero bytes of padding
-    # so every 8-byte load stays inside the buffer. Joined as str and encoded once: an ASCII
-    # str (known in O(1)) has as many bytes as characters, so no per-text encode is needed.
+
+def _encode(texts: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """The batch as one lower-cased byte buffer, and each text's first byte (len+1).
+
+    One separator byte between texts, so no word spans two texts; 8 zero bytes of padding
+    so every 8-byte load stays inside the buffer. Joined as str and encoded once: an ASCII
+    str (known in O(1)) has as many bytes as characters, so no per-text encode is needed."""
     joined = " ".join(texts)
     if joined.isascii():
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
@@ -110,10 +115,25 @@ def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [t.encode("utf-8", "surrogatepass") for t in texts]
         lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
         raw = b" ".join(parts).lower() + b" " + bytes(8)
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    n_bytes = len(buf) - 8
     text_start = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=text_start[1:])
+    return raw, text_start
+
+
+def _long_word_hash(word: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(word, digest_size=8).digest(), "little")
+
+
+def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All words of all texts as 64-bit hashes, and each text's first word index (len+1).
+
+    A word's bytes are read 8 at a time as unaligned little-endian uint64 loads straight out
+    of the batch buffer (a byte-strided uint64 view), masked to the word's length and folded
+    with a multiply and splitmix: numpy work per word, no Python object per word. The numba
+    kernel `_scan_words` computes the same values in one pass over the bytes."""
+    raw, text_start = _encode(texts)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    n_bytes = len(buf) - 8
     # Separators: every byte <= 0x20 (ASCII whitespace and control characters): one compare,
     # where a lookup table costs a gather per byte.
     word = np.empty(n_bytes + 1, dtype=bool)
@@ -147,14 +167,14 @@ def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
                 words[idx] = _mix(w)
     long_words = np.flatnonzero(wlen > _LONG_WORD)
     for i in long_words:
-        digest = hashlib.blake2b(raw[starts[i] : ends[i]], digest_size=8).digest()
-        words[i] = np.uint64(int.from_bytes(digest, "little"))
+        words[i] = np.uint64(_long_word_hash(raw[starts[i] : ends[i]]))
     first_word = np.searchsorted(starts, text_start)
     return words, first_word
 
 
 def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shingle hashes of all texts concatenated, and each text's first shingle index (len+1)."""
+    """Shingle hashes of all texts concatenated, and each text's first shingle index (len+1):
+    the numpy path (`_hash_chunk` uses the numba kernels instead when numba is installed)."""
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
     words, first = _word_hashes(texts)
@@ -259,6 +279,254 @@ def _signatures_from_shingles(sh: np.ndarray, offsets: np.ndarray, num_perm: int
     return out
 
 
+# -- the fused kernels (numba, when installed) -------------------------------------------------
+#
+# The same values as the numpy path above (`tests/factory/test_dedup_kernel.py` compares them),
+# in two passes instead of ~140: `_scan_words` walks the bytes once, finding each word's end
+# with a SWAR compare of 8 bytes at a time and hashing it as `_word_hashes` does;
+# `_sketch_words` builds each document's shingle hashes in L1, then takes, permutation by
+# permutation, the minimum over the document's shingles: a loop LLVM vectorises (16 uint32
+# lanes with AVX-512, 8 with AVX2), where numpy streamed the whole chunk through memory once per
+# permutation. Compiled on first use and cached on disk (numba's cache=True, in
+# factory/__pycache__ or, where that is read-only, the user's cache directory): the first load
+# in a fresh environment pays ~2 CPU s to compile, later processes ~0.5 s (numba's import and
+# the cache), so a process loads them only after 32 MB of text or when asked (`load_kernels`).
+# Without numba, everything runs the numpy path; only speed differs.
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_MULU = np.uint64(_SHINGLE_MUL)
+_ONE = np.uint64(1)
+_SH7, _SH27, _SH30, _SH31, _SH32, _SH56 = (np.uint64(v) for v in (7, 27, 30, 31, 32, 56))
+_SEP8 = np.uint64(0x2121212121212121)  # 8 bytes of 0x21: a byte < 0x21 is a separator
+_HIGH8 = np.uint64(0x8080808080808080)
+_BYTE_INDEX = np.uint64(0x0001020304050607)  # (1 << 8j) * this has j in its top byte
+
+
+def _mix_one(x: np.uint64) -> np.uint64:
+    """`_mix` on one uint64 (for the kernels)."""
+    x ^= x >> _SH30
+    x *= _M1
+    x ^= x >> _SH27
+    x *= _M2
+    x ^= x >> _SH31
+    return x
+
+
+def _load8(buf: np.ndarray, i: int) -> np.uint64:
+    """Bytes i..i+7 of `buf` as a little-endian uint64, at any alignment (measured as fast as
+    an explicit unrolled form: LLVM unrolls the loop)."""
+    v = np.uint64(0)
+    for j in range(8):
+        v |= np.uint64(buf[i + j]) << np.uint64(8 * j)
+    return v
+
+
+def _scan_words(buf: np.ndarray, text_start: np.ndarray, words: np.ndarray, first: np.ndarray, longs: np.ndarray) -> tuple[int, int]:
+    """Word hashes of `_encode`'s buffer into `words`, each text's first word into `first`;
+    words longer than _LONG_WORD bytes get hash 0 and (word, start, end) in `longs` (for
+    blake2b in Python). Returns (words, long words); more long words than rows of `longs`
+    means: call again with room for them."""
+    n_long = 0
+    w = 0
+    for t in range(len(text_start) - 1):
+        first[t] = w
+        i = text_start[t]
+        end = text_start[t + 1]  # byte end - 1 is the separator after text t
+        while i < end:
+            if buf[i] <= 32:
+                i += 1
+                continue
+            chunk = _load8(buf, i)
+            # SWAR: the high bit of each byte < 0x21; the lowest flagged byte is exact.
+            z = (chunk - _SEP8) & ~chunk & _HIGH8
+            if z:  # the word ends within these 8 bytes: its length is the flagged byte's index
+                length = np.int64((((z & (~z + _ONE)) >> _SH7) * _BYTE_INDEX) >> _SH56)
+                h = _mix_one((chunk & _BYTE_MASKS[length]) + np.uint64(length))
+                i += length
+            else:
+                s = i
+                i += 8
+                while buf[i] > 32:
+                    i += 1
+                length = i - s
+                if length > _LONG_WORD:
+                    if n_long < len(longs):
+                        longs[n_long, 0] = w
+                        longs[n_long, 1] = s
+                        longs[n_long, 2] = i
+                    n_long += 1
+                    h = np.uint64(0)
+                else:
+                    h = _mix_one(chunk + np.uint64(length))
+                    b = 8
+                    while b < length:
+                        h = _mix_one(h * _MULU + (_load8(buf, s + b) & _BYTE_MASKS[min(length - b, 8)]))
+                        b += 8
+            words[w] = h
+            w += 1
+    first[len(text_start) - 1] = w
+    return w, n_long
+
+
+def _sketch_words(words: np.ndarray, first: np.ndarray, ngram: int, a32: np.ndarray, b32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signatures, shingle hashes, first shingle per text) from word hashes: the values of
+    `_shingle_hashes` + `_signatures_from_shingles`."""
+    n_texts = len(first) - 1
+    num_perm = len(a32)
+    total = 0
+    longest = 0
+    for t in range(n_texts):
+        c = first[t + 1] - first[t]
+        n = c - ngram + 1 if c >= ngram else (1 if c > 0 else 0)
+        total += n
+        longest = max(longest, n)
+    sh = np.empty(total, np.uint64)
+    xs = np.empty(longest, np.uint32)
+    offsets = np.empty(n_texts + 1, np.int64)
+    sigs = np.empty((n_texts, num_perm), np.uint32)
+    p = 0
+    for t in range(n_texts):
+        offsets[t] = p
+        f = first[t]
+        c = first[t + 1] - f
+        n_sh = c - ngram + 1 if c >= ngram else (1 if c > 0 else 0)
+        width = min(ngram, c)  # a short text: one shingle of all its words
+        out = sh[p : p + n_sh]
+        for i in range(n_sh):
+            out[i] = words[f + i]
+        for j in range(1, width):  # loops over i innermost: they vectorise
+            for i in range(n_sh):
+                out[i] = out[i] * _MULU + words[f + i + j]
+        for i in range(n_sh):
+            h = _mix_one(out[i])
+            out[i] = h
+            xs[i] = np.uint32(h >> _SH32)
+        p += n_sh
+        for k in range(num_perm):
+            a = a32[k]
+            b = b32[k]
+            m = np.uint32(0xFFFFFFFF)
+            for i in range(n_sh):
+                m = min(m, np.uint32(a * xs[i] + b))  # mod 2**32, like the numpy path
+            sigs[t, k] = m
+    offsets[n_texts] = p
+    return sigs, sh, offsets
+
+
+_jitted: dict[str, Any] = {}
+# Text a process hashes on the numpy path before it loads the kernels: loading costs ~0.5 s
+# (numba's import and the disk cache; ~2 s the first time, to compile) and saves ~10-15 ms
+# per MB, so a short CLI run is faster without it. Long-running workers call `load_kernels`.
+_JIT_AFTER_CHARS = 32 << 20
+_hashed_chars = [0]
+
+
+def load_kernels() -> bool:
+    """Load the numba kernels now (compiling them on the first use in an environment, then
+    from numba's disk cache) instead of after the first 32 MB of text. False without numba."""
+    return _kernels() is not None
+
+
+def _active_kernels(n_chars: int) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    if "kernels" not in _jitted:
+        _hashed_chars[0] += n_chars
+        if _hashed_chars[0] < _JIT_AFTER_CHARS:
+            return None
+    return _kernels()
+
+
+# Checked at load against the numpy path: a numba release that typed the integer arithmetic
+# differently would change persisted signatures silently; then the numpy path runs instead.
+_SELF_CHECK = [
+    "", "a", "a b c", "Mixed CASE words\tand\nlines  ", "x" * 8 + " " + "y" * 9 + " " + "z" * 64 + " " + "q" * 65,
+    "naïve café ∑ " + " ".join(f"w{i}" for i in range(40)),
+]
+
+
+def _kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """(scan, sketch) compiled with numba, or None without numba, or when the compiled
+    kernels fail or disagree with the numpy path on `_SELF_CHECK` (the numpy path runs)."""
+    if "kernels" not in _jitted:
+        try:
+            import numba
+            from numba.extending import register_jitable
+        except ImportError:
+            log.info("numba is not installed: MinHash signatures take the numpy path (same values, ~2.5x slower)")
+            _jitted["kernels"] = None
+            return None
+        if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the kernels would run as slow Python
+            log.info("NUMBA_DISABLE_JIT is set: MinHash signatures take the numpy path")
+            _jitted["kernels"] = None
+            return None
+        register_jitable(_mix_one)
+        register_jitable(_load8)
+
+        def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+            try:
+                return numba.njit(cache=True, nogil=True)(fn)
+            except RuntimeError:  # no writable cache directory: compile in every process
+                return numba.njit(nogil=True)(fn)
+
+        try:  # compiles (or loads from the cache) now, and compares
+            kernels = (jit(_scan_words), jit(_sketch_words))
+            got = _hash_with(kernels, _SELF_CHECK, 3, 16, 1)
+            sh, offsets = _shingle_hashes(_SELF_CHECK, 3)
+            want = (_signatures_from_shingles(sh, offsets, 16, 1), sh, offsets)
+            ok = all(np.array_equal(g, w) for g, w in zip(got, want))
+        except Exception:  # a compiler failure must not stop dedup: numpy gives the same values
+            log.warning("numba %s failed to compile the MinHash kernels; using the numpy path", numba.__version__, exc_info=True)
+            ok = None
+        if ok is False:
+            log.warning("numba %s kernels disagree with the numpy path; using the numpy path", numba.__version__)
+        _jitted["kernels"] = kernels if ok else None
+    return _jitted["kernels"]
+
+
+_perm32_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _perms32(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    key = (num_perm, seed)
+    if key not in _perm32_cache:
+        perms = _perms(num_perm, seed)
+        _perm32_cache[key] = (perms.a.astype(np.uint32), perms.b.astype(np.uint32))
+    return _perm32_cache[key]
+
+
+def _hash_chunk(texts: Sequence[str], ngram: int, num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signatures (len(texts), num_perm), shingle hashes, first shingle per text (len+1)) of
+    one chunk of texts, by the numba kernels when available, else by numpy: equal values."""
+    if ngram < 1:
+        raise ValueError(f"ngram must be >= 1, got {ngram}")
+    kernels = _active_kernels(sum(map(len, texts)))
+    if kernels is None:
+        sh, offsets = _shingle_hashes(texts, ngram)
+        if not num_perm:
+            return np.empty((len(texts), 0), dtype=np.uint32), sh, offsets
+        return _signatures_from_shingles(sh, offsets, num_perm, seed), sh, offsets
+    return _hash_with(kernels, texts, ngram, num_perm, seed)
+
+
+def _hash_with(
+    kernels: tuple[Callable[..., Any], Callable[..., Any]], texts: Sequence[str], ngram: int, num_perm: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scan, sketch = kernels
+    raw, text_start = _encode(texts)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    words = np.empty(len(raw) // 2 + 1, dtype=_U64)  # a word takes >= 2 bytes with its separator
+    first = np.empty(len(texts) + 1, dtype=np.int64)
+    longs = np.empty((64, 3), dtype=np.int64)
+    n_words, n_long = scan(buf, text_start, words, first, longs)
+    if n_long > len(longs):
+        longs = np.empty((n_long, 3), dtype=np.int64)
+        n_words, n_long = scan(buf, text_start, words, first, longs)
+    for w, lo, hi in longs[:n_long].tolist():
+        words[w] = np.uint64(_long_word_hash(raw[lo:hi]))
+    a32, b32 = _perms32(num_perm, seed)
+    return sketch(words[:n_words], first, ngram, a32, b32)
+
+
 def minhash_signatures(texts: Sequence[str], *, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> np.ndarray:
     """MinHash signatures of `texts` over word `ngram`-shingles: shape (len(texts), num_perm),
     dtype **uint32** (stable: persisted signatures depend on it). Equal (num_perm, ngram, seed)
@@ -276,8 +544,7 @@ def _sketch(texts: list[str], num_perm: int, ngram: int, seed: int) -> tuple[np.
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
     chunks: list[tuple[int, np.ndarray, np.ndarray]] = []
     for lo, hi in _chunks(texts):
-        sh, offsets = _shingle_hashes(texts[lo:hi], ngram)
-        out[lo:hi] = _signatures_from_shingles(sh, offsets, num_perm, seed)
+        out[lo:hi], sh, offsets = _hash_chunk(texts[lo:hi], ngram, num_perm, seed)
         chunks.append((lo, sh, offsets))
     starts = [c[0] for c in chunks]
 
@@ -316,7 +583,7 @@ def shingle_sets(texts: Sequence[str], *, ngram: int = 5) -> list[np.ndarray]:
     texts = list(texts)
     out: list[np.ndarray] = []
     for lo, hi in _chunks(texts):
-        sh, offsets = _shingle_hashes(texts[lo:hi], ngram)
+        _, sh, offsets = _hash_chunk(texts[lo:hi], ngram, 0, 1)
         out.extend(_sorted_set(sh[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1))
     return out
 
@@ -715,11 +982,14 @@ def dedup_lake(
     seed: int = 1,
     k: int = 1,
     index: MinHashIndex | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """The flow stage: decide every row of `table` not yet in `dedup` against everything kept
     before (across runs), in (created_at, id) order, and commit the decisions to `dedup` and
     the new leaders to `minhash`. Returns counts. Safe to re-run: the commits are keyed by
-    the batch's ids, and an item already persisted as a leader is not re-decided against itself."""
+    the batch's ids, and an item already persisted as a leader is not re-decided against itself.
+    `only`: decide just these ids (the flow passes the accepted samples, so a rejected sample
+    never becomes the leader that hides an accepted one)."""
     if table not in _SOURCES:
         raise ValueError(f"table must be one of {sorted(_SOURCES)}, got {table!r}")
     kind, item_kind, id_col, default_col = _SOURCES[table]
@@ -727,10 +997,17 @@ def dedup_lake(
     if index is None:
         index = load_index(lake, table, column=text_col, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed)
     group_sel = ', any_value("problem_id") AS g' if kind == "response" else ", NULL AS g"
+    restrict = ""
+    extra: dict[str, Any] = {}
+    if only is not None:
+        import pyarrow as pa
+
+        restrict = f' AND "{id_col}" IN (SELECT v FROM _dedup_only)'
+        extra["tables"] = {"_dedup_only": pa.table({"v": pa.array(list(only), pa.string())})}
     new = lake.query(
         f'SELECT "{id_col}" AS i, any_value("{text_col}") AS t{group_sel}, min(created_at) AS c FROM "{table}" '
-        f'WHERE "{id_col}" NOT IN (SELECT item_id FROM dedup WHERE item_kind = ?) GROUP BY 1 ORDER BY c, i',
-        [item_kind],
+        f'WHERE "{id_col}" NOT IN (SELECT item_id FROM dedup WHERE item_kind = ?){restrict} GROUP BY 1 ORDER BY c, i',
+        [item_kind], **extra,
     )
     ids = new.column("i").to_pylist()
     if not ids:
