@@ -1,4 +1,225 @@
-"""`factory run`, `factory runs`, `factory schedule`, `factory serve`: the Prefect flow.
+"""`factory run`, `factory runs`, `factory schedule`, `factory serve`: the main job on Prefect.
 
-Registered on `flows.cli.app` by importing this module (flows/cli.py does).
+    factory run recipes/quickstart.yaml                  # resumes by default; --limit N for a trial
+    factory runs                                         # past runs with their funnel counts
+    factory schedule recipes/r1_math_vllm.yaml --cron "0 3 * * *"
+    factory serve                                        # runs the scheduled deployments
+
+Registered on `flows.cli.app` by importing this module (flows/cli.py does). Prefect is
+imported inside the commands, so `factory --help` stays fast. Prefect's own log lines are kept
+to warnings unless --verbose: the rich progress display shows what runs.
 """
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.cli import Catalog, Store, _run, app, err
+from storage import BadInput, Lake
+
+FLOW_NAME = "factory-run"
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+class RichProgress:
+    """The flow's stages as rich progress bars on stderr."""
+
+    def __init__(self, console: Console):
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, int] = {}
+        self.totals: dict[str, int | None] = {}
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        self.totals[stage] = total
+        if stage in self.tasks:
+            self.bar.reset(self.tasks[stage], total=total, note="")
+        else:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, note="")
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        if stage in self.tasks and n:
+            self.bar.advance(self.tasks[stage], n)
+
+    def end(self, stage: str, note: str = "") -> None:
+        if stage in self.tasks:
+            total = self.totals.get(stage) or 1
+            self.bar.update(self.tasks[stage], note=note, total=total, completed=total)
+
+
+def funnel_table(summary: dict) -> Table:
+    table = Table(title=f"run {summary.get('run_id', '')}", title_justify="left")
+    stages = [f["stage"] for f in summary.get("funnel", [])]
+    table.add_column("source")
+    for s in stages:
+        table.add_column(s, justify="right")
+    for source, c in (summary.get("by_source") or {}).items():
+        table.add_row(source, *[str(c.get(s, 0)) for s in stages])
+    table.add_row("all", *[str(f["count"]) for f in summary.get("funnel", [])], style="bold")
+    return table
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML (see recipes/ and docs/recipes.md).")],
+    store: Store = None,
+    catalog: Catalog = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most N problems (a trial run).")] = None,
+    format: Annotated[str, typer.Option("--format", help="Summary on stdout: table or json.")] = "table",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
+) -> None:
+    """Generate: questions -> decontaminate -> sample -> verify + filter -> dedup -> dataset; resumes by default."""
+    if format not in ("table", "json"):
+        err.print(f"error: --format {format!r}: expected table or json")
+        raise typer.Exit(2)
+    _quiet_prefect(verbose)
+
+    def job() -> None:
+        from flows.pipeline import run_recipe
+
+        from factory.recipe import load_recipe
+
+        load_recipe(recipe)  # bad recipes fail here, before Prefect starts a server
+        with RichProgress(err) as display:
+            summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
+        out = Console(highlight=False, soft_wrap=True)
+        if format == "json":
+            typer.echo(json.dumps(summary, sort_keys=True, default=str))
+            return
+        out.print(funnel_table(summary))
+        ds = summary.get("dataset") or {}
+        rejects = ", ".join(f"{k} {v}" for k, v in (summary.get("rejects") or {}).items()) or "none"
+        out.print(f"rejects by check: {rejects}")
+        out.print(f"tokens: {summary['tokens']['prompt']} prompt + {summary['tokens']['completion']} completion; "
+                  f"cost ${summary['cost_usd']:.4f}; "
+                  + ", ".join(f"{k} {v:.1f}s" for k, v in summary.get("seconds", {}).items()))
+        if summary.get("budget_reached"):
+            out.print("budget reached: some requests were not sent (raise the budget and run again to continue)")
+        if ds:
+            out.print(f"dataset {ds['name']} v{ds['version']}: {ds['rows']} rows" + ("" if ds.get("new") else " (unchanged)"))
+
+    _run(job)
+
+
+@app.command()
+def runs(
+    store: Store = None,
+    catalog: Catalog = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show the newest N runs.")] = 20,
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Past runs with their funnel counts."""
+
+    def job() -> None:
+        with Lake.open(store, catalog, create=False) as lake:
+            rows = lake.query(
+                "SELECT run_id, arg_max(status, created_at) AS status, arg_max(counts, created_at) AS counts, "
+                "min(started_at) AS started_at, max(finished_at) AS finished_at, any_value(recipe) AS recipe, "
+                "max(cost_usd) AS cost_usd FROM runs GROUP BY run_id ORDER BY min(created_at) DESC LIMIT ?", [limit],
+            ).to_pylist()
+        if format == "json":
+            typer.echo(json.dumps(rows, default=str))
+            return
+        table = Table()
+        for c in ("run", "status", "started", "problems", "samples", "verified", "dataset", "cost $"):
+            table.add_column(c, justify="right" if c not in ("run", "status", "started") else "left")
+        for r in rows:
+            counts = json.loads(r["counts"]) if r["counts"] else {}
+            f = {x["stage"]: x["count"] for x in counts.get("funnel", [])}
+            table.add_row(r["run_id"], r["status"], str(r["started_at"])[:19], *[str(f.get(s, "")) for s in ("problems", "samples", "verified", "dataset")],
+                          f"{r['cost_usd']:.4f}" if r["cost_usd"] is not None else "")
+        Console(highlight=False).print(table)
+
+    _run(job)
+
+
+def deployment_for(recipe: Path, cron: str, name: str | None, store: str | None, catalog: str | None, timezone: str = "UTC"):
+    """The Prefect deployment of `factory run RECIPE` on a cron schedule."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.pipeline import factory_run
+
+    try:
+        schedule = CronSchedule(cron=cron, timezone=timezone)
+    except Exception as exc:
+        raise BadInput(f"--cron {cron!r}: expected a cron expression such as '0 3 * * *' ({str(exc).splitlines()[0]})") from None
+    params = {"recipe_path": str(recipe.resolve()), "store": store, "catalog": catalog}
+    return factory_run.to_deployment(name=name or recipe.stem, schedule=schedule, parameters=params,
+                                     description=f"factory run {recipe}")
+
+
+@app.command()
+def schedule(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML to run on the schedule.")],
+    cron: Annotated[str, typer.Option("--cron", help='When to run, e.g. "0 3 * * *" (03:00 every day).')],
+    name: Annotated[Optional[str], typer.Option("--name", help="Deployment name [default: the recipe file's stem].")] = None,
+    timezone: Annotated[str, typer.Option("--timezone", help="Timezone of the cron expression.")] = "UTC",
+    store: Store = None,
+    catalog: Catalog = None,
+) -> None:
+    """Create (or update) a Prefect deployment that runs a recipe on a cron schedule; `factory serve` runs it."""
+    _quiet_prefect(False)
+
+    def job() -> None:
+        from factory.recipe import load_recipe
+
+        load_recipe(recipe)
+        dep = deployment_for(recipe, cron, name, store, catalog, timezone)
+        dep_id = dep.apply()
+        err.print(f"deployment {FLOW_NAME}/{dep.name} ({dep_id}) runs {recipe} at '{cron}' {timezone}; "
+                  "start `factory serve` (with PREFECT_API_URL pointing at a Prefect server) to execute it")
+
+    _run(job)
+
+
+def scheduled_deployments() -> list:
+    """The deployments `factory schedule` created, rebuilt so this process can serve them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from flows.pipeline import factory_run
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))
+    out = []
+    for d in found:
+        out.append(factory_run.to_deployment(name=d.name, schedules=[s.schedule for s in d.schedules],
+                                             parameters=d.parameters, description=d.description))
+    return out
+
+
+@app.command()
+def serve(verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False) -> None:
+    """Run the scheduled recipes (every deployment made by `factory schedule`) until stopped."""
+    _quiet_prefect(verbose)
+
+    def job() -> None:
+        from prefect import serve as prefect_serve
+
+        deps = scheduled_deployments()
+        if not deps:
+            raise BadInput("no scheduled recipes: create one with `factory schedule RECIPE.yaml --cron ...`")
+        err.print(f"serving {len(deps)} scheduled recipe(s): {', '.join(d.name for d in deps)} (Ctrl-C stops)")
+        prefect_serve(*deps)
+
+    _run(job)

@@ -461,10 +461,20 @@ class Lake:
 
     # -- reading -----------------------------------------------------------------------
 
-    def query(self, sql: str, params: Iterable[Any] | None = None) -> pa.Table:
-        """Trusted SQL (our own code) on the lake; returns an Arrow table. Users' SQL goes to `sql()`."""
+    def query(self, sql: str, params: Iterable[Any] | None = None, *, tables: dict[str, pa.Table] | None = None) -> pa.Table:
+        """Trusted SQL (our own code) on the lake; returns an Arrow table. Users' SQL goes to `sql()`.
+
+        `tables` are Arrow tables the SQL may name, registered for this query only (e.g. the
+        ids a stage works on: a join instead of a long IN list)."""
         with self._lock:
-            return self.connection().execute(sql, list(params) if params is not None else None).to_arrow_table()
+            con = self.connection()
+            for name, data in (tables or {}).items():
+                con.register(name, data)
+            try:
+                return con.execute(sql, list(params) if params is not None else None).to_arrow_table()
+            finally:
+                for name in tables or {}:
+                    con.unregister(name)
 
     def query_df(self, sql: str, params: Iterable[Any] | None = None):
         import polars as pl

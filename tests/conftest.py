@@ -2,12 +2,16 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # No test may download anything: transformers / huggingface_hub read the cache only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefect: no telemetry, and its home (database, settings) in a temporary folder, not ~/.prefect.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="factory-prefect-home-"))
 
 # `tests.services` must import however pytest is started (`pytest` or `python -m pytest`).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

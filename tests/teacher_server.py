@@ -46,7 +46,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -160,6 +160,7 @@ class TeacherServer:
         log_path: str | Path | None = None,
         port: int = 0,
         api_key: str | None = None,
+        parts: "Callable[[str, Any, int], tuple[str, str]] | None" = None,
     ):
         if reasoning not in ("think", "reasoning_content", "reasoning"):
             raise ValueError(f"reasoning={reasoning!r}: expected 'think', 'reasoning_content' or 'reasoning'")
@@ -167,6 +168,7 @@ class TeacherServer:
         self.reasoning = reasoning
         self.latency_s = latency_s
         self.api_key = api_key  # when set, requests without "Bearer <key>" get 401
+        self.parts = parts or choice_parts  # (prompt, seed, j) -> (reasoning, answer): a test's own answers
         self.default: Behaviour = Normal()
         self.log: list[dict] = []
         self.in_flight = 0
@@ -391,7 +393,7 @@ class TeacherServer:
         choices = []
         completion_tokens = 0
         for j in range(n if not isinstance(b, Fewer) else min(n, b.k)):
-            reasoning, answer = choice_parts(prompt, seed, j)
+            reasoning, answer = self.parts(prompt, seed, j)
             words = _words(reasoning) + _words(answer)
             limit = max(1, len(words) // 2) if isinstance(b, Length) else max_tokens
             finish = "length" if len(words) > limit else "stop"

@@ -1,0 +1,154 @@
+"""Flow benchmark: the Prefect flow against the same stage functions called in a plain loop.
+
+    python benches/flow.py [--problems 300] [--samples 4] [--rounds 2] [--out PATH]
+
+Both sides run the same recipe on the same data into fresh lakes: procedural arithmetic problems,
+a zero-latency teacher (the scripted OpenAI-compatible server of tests/teacher_server.py on
+127.0.0.1, answering instantly; half the answers right), then verify (math) + filters
+(think_format, repetition) + dedup + commit + the dataset version. The flow side is
+`flows.pipeline.factory_run` on Prefect's test harness (its server start is measured apart, as a
+fixed cost per process); the loop side calls the factory functions the flow's tasks call
+(collect_questions, mark_contamination, sample_teacher, verify_samples, dedup_lake,
+save_dataset) with Lake.commit in between, with no Prefect and no run bookkeeping. Measured:
+samples/s end to end, best of `--rounds` alternating rounds. Goal: orchestration overhead
+(flow time / loop time - 1) <= 10%.
+
+Results go to benches/results/flow.json. Loopback only; the server stops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
+
+
+def parts(prompt: str, seed, j: int) -> tuple[str, str]:
+    """Right for even choices, wrong for odd ones, with some reasoning text to dedup."""
+    m = re.findall(r"-?\d+", prompt)
+    words = " ".join(f"step {k} checks the running total again" for k in range(30))
+    return f"Working through {' '.join(m[:6])} with choice {j}. {words}", f"The answer is {j}."
+
+
+def recipe_text(url: str, samples: int) -> str:
+    return f"""\
+name: bench
+questions:
+  - {{source: generator, generator: arithmetic, count: {{count}}, difficulty: 2, seed: 3}}
+teacher:
+  backend: openai
+  base_url: {url}
+  model: test-model
+  samples_per_problem: {samples}
+  max_concurrency: 64
+  sampling: {{temperature: 0.6, max_tokens: 400, seed: 1}}
+verify: [math]
+filters: [think_format, repetition]
+dedup: {{threshold: 0.8}}
+decontaminate: {{enabled: false}}
+dataset: {{name: bench}}
+batch_size: 256
+"""
+
+
+def run_loop(recipe_path: Path, store: str) -> int:
+    """The stages in a plain loop, as the flow's tasks call them."""
+    from factory import stages
+    from factory.dedup import dedup_lake
+    from factory.recipe import load_recipe
+    from factory.sampler import sample_teacher
+    from factory.teachers import RequestGroup, make_teacher
+    from storage import Lake
+
+    recipe = load_recipe(recipe_path)
+    with Lake.open(store, create=True) as lake:
+        problems = stages.collect_questions(recipe.questions, base_dir=recipe_path.parent)
+        problems = stages.mark_contamination(problems, recipe.decontaminate)
+        lake.commit("problems", problems, batch_key="problems", run_id="loop")
+        dedup_lake(lake, "problems", run_id="loop", threshold=recipe.dedup.threshold)
+        by_id = {p["problem_id"]: p for p in problems}
+        teacher = make_teacher(recipe.teacher.to_config())
+        groups = [RequestGroup(pid, tuple(recipe.prompt.messages(p)), recipe.teacher.sampling,
+                               tuple(range(recipe.teacher.samples_per_problem))) for pid, p in by_id.items()]
+
+        async def go():
+            try:
+                return await sample_teacher(lake, teacher, groups, run_id="loop", spill_dir=store + "/spill")
+            finally:
+                await teacher.aclose()
+
+        asyncio.run(go())
+        samples = lake.query("SELECT sample_id, problem_id, reasoning, answer, completion, finish_reason, completion_tokens FROM samples").to_pylist()
+        verdicts = []
+        for i, batch in enumerate(stages.batches(samples, recipe.batch_size)):
+            rows = stages.verify_samples(list(batch), by_id, recipe)
+            lake.commit("verdicts", rows, batch_key=f"v{i}", run_id="loop")
+            verdicts += rows
+        accepted = sorted(stages.accepted_ids(verdicts, recipe))
+        dedup_lake(lake, "samples", run_id="loop", threshold=recipe.dedup.threshold, only=accepted)
+        lake.save_dataset("bench", stages.dataset_sql(recipe, teacher=teacher.config.name, sources=["gen-arithmetic"]), run_id="loop")
+        return len(samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problems", type=int, default=300)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benches" / "results" / "flow.json"))
+    args = ap.parse_args()
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import factory_run
+    from tests.teacher_server import TeacherServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
+    t0 = time.perf_counter()
+    with prefect_test_harness(server_startup_timeout=120), TeacherServer(models=["test-model"], parts=parts) as server:
+        startup = time.perf_counter() - t0
+        recipe = work / "recipe.yaml"
+        recipe.write_text(recipe_text(server.url, args.samples).replace("{count}", str(args.problems)))
+        best = {"flow": float("inf"), "loop": float("inf")}
+        n = {"flow": 0, "loop": 0}
+        for r in range(args.rounds):
+            for side in ("loop", "flow") if r % 2 == 0 else ("flow", "loop"):
+                store = str(work / f"{side}-{r}")
+                t = time.perf_counter()
+                if side == "flow":
+                    summary = factory_run(str(recipe), store=store)
+                    n[side] = {f["stage"]: f["count"] for f in summary["funnel"]}["samples"]
+                else:
+                    n[side] = run_loop(recipe, store)
+                best[side] = min(best[side], time.perf_counter() - t)
+                print(f"round {r} {side}: {time.perf_counter() - t:.2f} s, {n[side]} samples", file=sys.stderr)
+    overhead = best["flow"] / best["loop"] - 1
+    rows = [
+        ("plain loop (same stage functions)", n["loop"], best["loop"], n["loop"] / best["loop"], "1.00x", ""),
+        ("factory_run (Prefect flow)", n["flow"], best["flow"], n["flow"] / best["flow"],
+         f"{best['loop'] / best['flow']:.2f}x", f"overhead {overhead:+.1%} (goal <= +10%)"),
+    ]
+    print(f"\nflow benchmark: {args.problems} problems x {args.samples} samples, zero-latency teacher, best of {args.rounds}")
+    print(f"Prefect test harness start (once per process, not in the figures): {startup:.1f} s\n")
+    print("| side | samples | seconds | samples/s | vs loop | goal |\n|---|---|---|---|---|---|")
+    for name, k, s, rate, ratio, goal in rows:
+        print(f"| {name} | {k} | {s:.2f} | {rate:.0f} | {ratio} | {goal} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"problems": args.problems, "samples_per_problem": args.samples, "best_s": best,
+                                          "samples": n, "overhead": overhead, "harness_start_s": startup}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

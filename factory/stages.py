@@ -1,0 +1,293 @@
+"""The recipe's stages as plain functions over records; flows/pipeline.py orders them on Prefect.
+
+    problems = collect_questions(recipe.questions, base_dir=Path("recipes"), limit=200)
+    problems = mark_contamination(problems, recipe.decontaminate)
+    wanted = plan_round(counts, recipe)                 # problem_id -> new sample indices
+    verdicts = verify_samples(samples, problems_by_id, recipe)   # verdicts rows, verifiers + filters
+    sql = dataset_sql(recipe, teacher="smol", sources=["gsm8k"])   # the dataset's saved SELECT
+
+Stage names, the same in code, Prefect task, table and report: questions, decontaminate,
+sample, verify (the verifiers), filter (the readability filters), dedup, dataset. A sample is
+accepted when every check the recipe names (its verifiers and its filters) says pass; an
+`unverifiable` verifier verdict (no gold, no extractable answer) is not a pass.
+
+Nothing here touches the lake or Prefect, so each stage is tested with plain lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from storage.errors import BadInput
+
+from .decontaminate import contamination_labels, decontaminate_records
+from .filters import apply_filters
+from .recipe import Recipe
+from .verifiers.base import Verdict
+
+log = logging.getLogger(__name__)
+
+STAGES = ("questions", "decontaminate", "sample", "verify", "filter", "dedup", "dataset")
+
+
+# -- questions ----------------------------------------------------------------------------
+
+
+def collect_questions(sources: Sequence[Any], *, base_dir: Path, limit: int | None = None) -> list[dict]:
+    """`problems` rows from every seed and generator source in order; a problem met twice (same
+    normalised text, so the same problem_id) is kept once, from its first source. `limit` caps
+    the total. Teacher-written sources are skipped here: they need the teacher (see
+    `teacher_written`)."""
+    from .questions import TeacherWrittenSource, iter_problems
+
+    seen: set[str] = set()
+    out: list[dict] = []
+    for source in sources:
+        if isinstance(source, TeacherWrittenSource):
+            continue
+        for row in iter_problems(source, base_dir=base_dir):
+            if row["problem_id"] in seen:
+                continue
+            seen.add(row["problem_id"])
+            out.append(row)
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def teacher_written(sources: Sequence[Any], problems: list[dict]) -> list[tuple[Any, list[dict]]]:
+    """Each teacher-written source with the seed rows it writes from (the rows of the source its
+    `from` names, by index in the recipe's list or by source name)."""
+    from .questions import TeacherWrittenSource, source_name
+
+    names = [source_name(s, i) for i, s in enumerate(sources)]
+    out = []
+    for i, s in enumerate(sources):
+        if not isinstance(s, TeacherWrittenSource):
+            continue
+        ref = s.from_
+        if isinstance(ref, int):
+            if not 0 <= ref < len(sources) or isinstance(sources[ref], TeacherWrittenSource):
+                raise BadInput(f"questions[{i}].from: {ref} is not the index of a seed or generator source")
+            ref = names[ref]
+        elif ref not in names:
+            raise BadInput(f"questions[{i}].from: {ref!r} names no source; known: {names}")
+        out.append((s, [p for p in problems if p.get("source") == ref]))
+    return out
+
+
+def mark_contamination(problems: list[dict], spec: Any) -> list[dict]:
+    """The rows with `contamination` filled (one JSON hit per benchmark item matched)."""
+    if not spec.enabled or not problems:
+        return [{**p, "contamination": p.get("contamination") or []} for p in problems]
+    names = None if spec.benchmarks == "all" else spec.benchmarks
+    checked = decontaminate_records(problems, "problem", names, ngram=spec.ngram)
+    return [{**p, "contamination": contamination_labels(c)} for p, c in zip(problems, checked)]
+
+
+# -- sample --------------------------------------------------------------------------------
+
+
+def plan_round(counts: dict[str, tuple[int, int]], recipe: Recipe) -> dict[str, tuple[int, ...]]:
+    """The sample indices to request next, per problem, from (samples so far, accepted so far).
+
+    First round: indices 0..n-1 (n = samples_per_problem). With adaptive sampling on, a problem
+    below `accepted_per_problem` gets as many again (doubling), up to `max_samples_per_problem`;
+    a problem that reached it gets nothing more. Indices continue where the last round stopped,
+    so request keys (and the ledger) stay the same across reruns."""
+    n = recipe.teacher.samples_per_problem
+    ad = recipe.adaptive
+    wanted: dict[str, tuple[int, ...]] = {}
+    for pid, (have, accepted) in counts.items():
+        if have == 0:
+            wanted[pid] = tuple(range(n))
+        elif ad.accepted_per_problem is not None and accepted < ad.accepted_per_problem:
+            upto = min(ad.max_samples_per_problem, max(have * 2, have + 1))
+            if upto > have:
+                wanted[pid] = tuple(range(have, upto))
+    return wanted
+
+
+# -- verify and filter ---------------------------------------------------------------------
+
+
+def checks_of(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """The verifier check names and the filter check names a recipe's samples must pass."""
+    return list(recipe.verify), [f"filter:{f}" for f in recipe.filters]
+
+
+def _verifier_for(problem: dict, recipe: Recipe) -> str:
+    meta = _meta(problem)
+    own = meta.get("verifier")
+    if "auto" in recipe.verify or not recipe.verify:
+        return own or ("code" if problem.get("domain") == "code" else "math")
+    if own and own not in ("math", "code", "choice", "exact", "regex"):
+        return own  # a generator's own checker (countdown, sorting, ...) always decides
+    if problem.get("domain") == "code" and "code" in recipe.verify:
+        return "code"
+    return recipe.verify[0]
+
+
+def _meta(row: dict) -> dict:
+    m = row.get("metadata")
+    if isinstance(m, dict):
+        return m
+    try:
+        return json.loads(m) if m else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def verify_samples(
+    samples: Sequence[dict],
+    problems: dict[str, dict],
+    recipe: Recipe,
+    *,
+    labels: dict[str, str] | None = None,
+) -> list[dict]:
+    """`verdicts` rows (without run_id/created_at) for each sample: its verifier's verdict and
+    each filter's. The reference answer is the problem's gold, else its majority label
+    (`labels`), else the verifier says unverifiable. The verifier's row is checked under its own
+    name (math, code, countdown, ...), the filters' under `filter:<name>`, so SQL can ask per
+    check."""
+    from .verifiers.math import verify_math_batch
+
+    out: list[dict] = []
+    math_jobs: list[tuple[int, str, str]] = []
+    code_jobs: list[tuple[int, str, dict]] = []
+    verdicts: dict[int, Verdict] = {}
+    cfg = recipe.filter_config_model()
+    for i, s in enumerate(samples):
+        p = problems.get(s["problem_id"])
+        if p is None:
+            verdicts[i] = Verdict.unverifiable("math", "the sample's problem is not in this run")
+            continue
+        name = _verifier_for(p, recipe)
+        completion = s.get("completion") or ""
+        gold = p.get("reference_answer")
+        if gold is None and labels:
+            gold = labels.get(p["problem_id"])
+        if name == "math":
+            if gold is None:
+                verdicts[i] = Verdict.unverifiable("math", "no reference answer and no majority label")
+            else:
+                math_jobs.append((i, completion, str(gold)))
+        elif name == "code":
+            tests = p.get("tests")
+            tests = json.loads(tests) if isinstance(tests, str) else tests
+            if not tests:
+                verdicts[i] = Verdict.unverifiable("code", "the problem has no tests")
+            else:
+                code_jobs.append((i, completion, tests))
+        elif name in ("choice", "exact", "regex"):
+            from .verifiers import answers
+
+            if gold is None:
+                verdicts[i] = Verdict.unverifiable(name, "no reference answer")
+            elif name == "regex":
+                verdicts[i] = answers.verify_regex(completion, str(gold))
+            else:
+                verdicts[i] = (answers.verify_choice if name == "choice" else answers.verify_exact)(completion, str(gold))
+        else:
+            from .questions import check_sample
+
+            verdicts[i] = check_sample(p, s)
+    if math_jobs:
+        got = verify_math_batch([(c, g) for _, c, g in math_jobs], timeout_s=recipe.verify_timeout_s)
+        verdicts.update({i: v for (i, _, _), v in zip(math_jobs, got)})
+    if code_jobs:
+        from .verifiers.code import verify_code_batch
+        from .verifiers.sandbox import SandboxConfig
+
+        got = verify_code_batch([(c, t) for _, c, t in code_jobs], SandboxConfig(timeout_s=recipe.verify_timeout_s),
+                                workers=recipe.sandbox_workers)
+        verdicts.update({i: v for (i, _, _), v in zip(code_jobs, got)})
+    for i, s in enumerate(samples):
+        p = problems.get(s["problem_id"]) or {}
+        rows = [verdicts[i], *apply_filters(s, cfg, domain=p.get("domain"))] if recipe.filters else [verdicts[i]]
+        for v in rows:
+            out.append({"sample_id": s["sample_id"], "check_version": _VERSION, **v.as_row()})
+    return out
+
+
+_VERSION = "1"  # bump when a verifier or filter changes its decisions: old verdicts are then redone
+
+
+def accepted_ids(verdicts: Iterable[dict], recipe: Recipe) -> set[str]:
+    """Samples whose verifier verdict and every filter verdict are `pass`."""
+    filters = {f"filter:{f}" for f in recipe.filters}
+    ok: dict[str, bool] = {}
+    verified: dict[str, bool] = defaultdict(bool)
+    for v in verdicts:
+        sid = v["sample_id"]
+        if v["check"] in filters:
+            ok[sid] = ok.get(sid, True) and v["status"] == "pass"
+        else:
+            ok.setdefault(sid, True)
+            verified[sid] = v["status"] == "pass"
+            ok[sid] = ok[sid] and verified[sid]
+    return {sid for sid, good in ok.items() if good and verified[sid]}
+
+
+def reject_reasons(verdicts: Iterable[dict]) -> dict[str, int]:
+    """Rejects counted by check (a sample rejected by two checks counts under both)."""
+    out: dict[str, int] = defaultdict(int)
+    for v in verdicts:
+        if v["status"] != "pass":
+            out[v["check"].removeprefix("filter:")] += 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# -- dataset -------------------------------------------------------------------------------
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def dataset_sql(recipe: Recipe, *, teacher: str, sources: Sequence[str]) -> str:
+    """The dataset's SELECT: this teacher's samples on problems of the recipe's sources that
+    are not contaminated, pass every check the recipe names, and were kept by dedup. Rows carry
+    `messages` ready for SFT: the prompt turns plus the assistant turn with the reasoning inside
+    <think>. Saved with the dataset and pinned to a snapshot, so it reads the same forever."""
+    filters = [f"filter:{f}" for f in recipe.filters]
+    src = ", ".join(_quote(s) for s in sorted(set(sources))) or "NULL"
+    filter_clause = (
+        f"AND s.sample_id NOT IN (SELECT sample_id FROM verdicts WHERE \"check\" IN ({', '.join(_quote(f) for f in filters)}) "
+        "AND status <> 'pass')\n  " if filters else ""
+    )
+    return f"""SELECT s.sample_id, s.problem_id, p.source, p.domain, p.problem, p.reference_answer,
+  list_append(s.messages, {{'role': 'assistant', 'content': '<think>\n' || coalesce(s.reasoning, '') || '\n</think>\n\n' || coalesce(s.answer, '')}}) AS messages,
+  s.reasoning, s.answer, s.teacher, s.model, s.sample_index, s.finish_reason, s.completion_tokens
+FROM samples s
+JOIN (SELECT problem_id, any_value(source) AS source, any_value(domain) AS domain, any_value(problem) AS problem,
+             any_value(reference_answer) AS reference_answer, max(len(coalesce(contamination, []))) AS hits
+      FROM problems GROUP BY problem_id) p ON p.problem_id = s.problem_id
+WHERE s.teacher = {_quote(teacher)} AND p.source IN ({src}) AND p.hits = 0
+  AND s.sample_id IN (SELECT sample_id FROM verdicts WHERE "check" NOT LIKE 'filter:%' AND status = 'pass')
+  AND s.sample_id NOT IN (SELECT sample_id FROM verdicts WHERE "check" NOT LIKE 'filter:%' AND status <> 'pass')
+  {filter_clause}AND s.sample_id IN (SELECT item_id FROM dedup WHERE item_kind = 'sample' AND kept)
+ORDER BY s.problem_id, s.sample_index"""
+
+
+# -- funnel --------------------------------------------------------------------------------
+
+
+def funnel(stage_counts: dict[str, int]) -> list[dict]:
+    order = ("problems", "requests", "samples", "verified", "filtered", "deduplicated", "dataset")
+    return [{"stage": s, "count": int(stage_counts.get(s, 0))} for s in order]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def require_sources(problems: list[dict], where: str) -> None:
+    if not problems:
+        raise BadInput(f"{where}: the recipe's question sources gave no problems")

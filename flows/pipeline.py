@@ -1,0 +1,517 @@
+"""The factory flow on Prefect 3: questions -> decontaminate -> sample -> verify + filter -> dedup -> dataset.
+
+    factory run recipes/quickstart.yaml                 # the CLI (flows/run.py) runs this flow
+    from flows.pipeline import factory_run
+    summary = factory_run("recipes/quickstart.yaml", store="./factory-store", limit=20)
+
+Without PREFECT_API_URL the flow runs on Prefect's ephemeral local server; with it, the run
+shows in that server's UI. The flow body only orders calls: each stage is a function in
+factory/ (see factory/stages.py) and each task here reads its batch from the lake, calls the
+stage, and commits the result exactly once (storage.Lake.commit under a content key).
+
+Resuming is the default: problems are keyed by their ids, samples by their request keys (the
+ledger: a key already in `samples` is never sent again), verdicts, dedup decisions and the
+dataset by the ids they cover. Rerunning after a crash (even SIGKILL) or a teacher failure
+redoes only what is missing. A run that ends with request keys still missing (the teacher
+failed for them) is recorded as `incomplete` and fails with the list; nothing received is lost.
+
+Retries: only the lake commits retry, and only on transient errors (a busy catalog, an I/O
+error); teacher retries live in the teacher backend. Concurrency: requests in flight per
+teacher endpoint are capped by the backend (`max_concurrency`); code sandboxes across the run by
+a Prefect global concurrency limit `factory-sandbox` (`sandbox_workers` in the recipe).
+Verification batches run on the recipe's task runner (threads by default; Dask or Ray with
+prefect-dask / prefect-ray).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Coroutine
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls home
+
+import pyarrow as pa  # noqa: E402
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from factory import stages  # noqa: E402
+from factory.dedup import dedup_lake  # noqa: E402
+from factory.recipe import Recipe, load_recipe, recipe_hash  # noqa: E402
+from factory.sampler import Budget, SamplingStats, sample_teacher  # noqa: E402
+from factory.teachers import RequestGroup, make_teacher  # noqa: E402
+from storage import Lake, LakeBusy  # noqa: E402
+from storage.errors import FactoryError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SANDBOX_LIMIT = "factory-sandbox"
+
+
+class RunIncomplete(FactoryError):
+    """The run ended with request keys the teacher did not answer; a rerun resumes them."""
+
+
+# -- progress: the CLI plugs a rich display in; tests and servers leave the no-op ----------
+
+
+class Progress:
+    """What the flow tells whoever watches: a stage starts with a total, advances, ends."""
+
+    def start(self, stage: str, total: int | None = None) -> None: ...
+
+    def advance(self, stage: str, n: int = 1) -> None: ...
+
+    def end(self, stage: str, note: str = "") -> None: ...
+
+
+progress: Progress = Progress()
+
+
+def set_progress(p: Progress | None) -> None:
+    global progress
+    progress = p or Progress()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _transient(task_, task_run, state) -> bool:
+    """Retry a commit only when the lake was busy or the storage I/O failed."""
+    try:
+        state.result()
+    except (LakeBusy, OSError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _digest(ids: list[str]) -> str:
+    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=12).hexdigest()
+
+
+def _ids_table(values, name: str = "v") -> pa.Table:
+    return pa.table({name: pa.array(list(values), pa.string())})
+
+
+class _Loop:
+    """One event loop in a thread for the whole run: the teacher's HTTP session and model live
+    in it, so every sampling round (and the close) must run on the same loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="factory-sampler", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+# -- tasks: read, call, write -----------------------------------------------------------------
+
+
+@task(name="commit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10], retry_condition_fn=_transient)
+def commit(lake: Lake, table: str, rows: list[dict], batch_key: str, run_id: str) -> int:
+    return lake.commit(table, rows, batch_key=batch_key, run_id=run_id).rows if rows else 0
+
+
+@task(name="questions", cache_policy=NO_CACHE)
+def questions(recipe: Recipe, base_dir: Path, limit: int | None) -> list[dict]:
+    rows = stages.collect_questions(recipe.questions, base_dir=base_dir, limit=limit)
+    stages.require_sources(rows, f"recipe {recipe.name!r}")
+    return rows
+
+
+@task(name="questions-written", cache_policy=NO_CACHE)
+def written(lake: Lake, loop: "_Loop", teacher, source, seeds: list[dict], run_id: str, known: list[dict]) -> list[dict]:
+    """Problems the teacher writes from seed rows (kept only when its own samples agree)."""
+    from factory.questions import write_questions
+
+    seen = {p["problem_id"] for p in known}
+    rows = loop.run(write_questions(lake, teacher, seeds, run_id=run_id, **source.write_options()))
+    return [r for r in rows if r["problem_id"] not in seen]
+
+
+@task(name="decontaminate", cache_policy=NO_CACHE)
+def decontaminate(recipe: Recipe, problems: list[dict]) -> list[dict]:
+    return stages.mark_contamination(problems, recipe.decontaminate)
+
+
+@task(name="sample", cache_policy=NO_CACHE)
+def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None) -> SamplingStats:
+    total = sum(len(g.sample_indices) for g in groups)
+    progress.start("sample", total)
+    seen = [0]
+
+    def tick(stats: SamplingStats) -> None:
+        progress.advance("sample", stats.received - seen[0])
+        seen[0] = stats.received
+
+    stats = loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, on_progress=tick,
+                                    spill_dir=_spill_dir(lake)))
+    progress.end("sample", f"{stats.received} received, {stats.already_done} already in the lake")
+    return stats
+
+
+@task(name="verify", cache_policy=NO_CACHE)
+def verify(samples: list[dict], problems: dict[str, dict], recipe: Recipe, labels: dict[str, str] | None) -> list[dict]:
+    if any((problems.get(s["problem_id"]) or {}).get("domain") == "code" for s in samples) and "code" in recipe.verify:
+        from prefect.concurrency.sync import concurrency
+
+        with concurrency(SANDBOX_LIMIT, occupy=1, strict=False):
+            return stages.verify_samples(samples, problems, recipe, labels=labels)
+    return stages.verify_samples(samples, problems, recipe, labels=labels)
+
+
+@task(name="dedup", cache_policy=NO_CACHE)
+def dedup(lake: Lake, recipe: Recipe, run_id: str, table: str, where_ids: list[str] | None = None) -> dict:
+    spec = recipe.dedup
+    kw: dict[str, Any] = {}
+    if where_ids is not None:
+        kw["only"] = where_ids
+    return dedup_lake(lake, table, run_id=run_id, threshold=spec.threshold, ngram=spec.ngram,
+                      k=spec.per_problem if table == "samples" else 1, **kw)
+
+
+@task(name="dataset", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10], retry_condition_fn=_transient)
+def dataset(lake: Lake, recipe: Recipe, sql: str, run_id: str, rhash: str) -> dict:
+    """A new dataset version when the accepted rows changed; the latest one otherwise."""
+    name = recipe.dataset_name
+    rows = int(lake.query(f"SELECT count(*) AS n FROM ({sql})").column("n")[0].as_py())
+    latest = lake.query("SELECT version, sql, row_count FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", [name]).to_pylist()
+    if latest and latest[0]["sql"] == sql and latest[0]["row_count"] == rows:
+        return {"name": name, "version": latest[0]["version"], "rows": rows, "new": False}
+    v = lake.save_dataset(name, sql, recipe_hash=rhash, description=recipe.dataset.description if recipe.dataset else None, run_id=run_id)
+    return {"name": v.name, "version": v.version, "rows": v.row_count, "new": True}
+
+
+# -- the flow --------------------------------------------------------------------------------
+
+
+def _open_lake(store: str | None, catalog: str | None) -> Lake:
+    return Lake.open(store, catalog, create=True)
+
+
+def _spill_dir(lake: Lake) -> str:
+    """Where samples that could not be committed are written (a local folder, even for S3 stores)."""
+    return "factory-spill" if lake.config.is_s3 else str(Path(lake.config.store_root) / "spill")
+
+
+def _run_id(lake: Lake, recipe: Recipe, rhash: str) -> str:
+    """Resume the recipe's last run if it did not finish; else a new run id."""
+    rows = lake.query(
+        "SELECT run_id, arg_max(status, created_at) AS status FROM runs WHERE recipe_hash = ? GROUP BY run_id "
+        "ORDER BY max(created_at) DESC LIMIT 1", [rhash]).to_pylist()
+    if rows and rows[0]["status"] in ("started", "incomplete", "failed"):
+        return rows[0]["run_id"]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{recipe.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("reasoning-factory")
+    except Exception:
+        return "unknown"
+
+
+def _record_run(lake: Lake, run_id: str, recipe_text: str, rhash: str, status: str, started: dt.datetime,
+                counts: dict | None = None) -> None:
+    row = {
+        "run_id": run_id, "recipe": recipe_text, "recipe_hash": rhash, "code_version": _code_version(),
+        "status": status, "started_at": started,
+        "finished_at": dt.datetime.now(dt.timezone.utc) if status != "started" else None,
+        "counts": json.dumps(counts, sort_keys=True) if counts is not None else None,
+        "cost_usd": (counts or {}).get("cost_usd"),
+    }
+    commit(lake, "runs", [row], f"runs:{run_id}:{status}:{uuid.uuid4().hex}", run_id)
+
+
+def _problem_state(lake: Lake, ids: list[str]) -> dict[str, dict]:
+    """For each of the recipe's problems: contaminated or not, and kept by problem dedup."""
+    got = lake.query(
+        "SELECT p.problem_id, max(len(coalesce(p.contamination, []))) AS hits, "
+        "bool_or(coalesce(d.kept, true)) AS kept "
+        "FROM problems p JOIN _ids i ON p.problem_id = i.v "
+        "LEFT JOIN dedup d ON d.item_id = p.problem_id AND d.item_kind = 'problem' GROUP BY 1",
+        tables={"_ids": _ids_table(ids)},
+    ).to_pylist()
+    return {r["problem_id"]: r for r in got}
+
+
+def _verdicts_for(lake: Lake, keys: list[str]) -> list[dict]:
+    return lake.query(
+        "SELECT v.sample_id, v.\"check\", v.status FROM verdicts v JOIN _k k ON v.sample_id = k.v WHERE v.check_version = ?",
+        [stages._VERSION], tables={"_k": _ids_table(keys)},
+    ).to_pylist()
+
+
+def _unverified(lake: Lake, keys: list[str]) -> list[dict]:
+    return lake.query(
+        "SELECT s.sample_id, s.problem_id, s.reasoning, s.answer, s.completion, s.finish_reason, s.completion_tokens "
+        "FROM samples s JOIN _k k ON s.sample_id = k.v "
+        "WHERE s.sample_id NOT IN (SELECT sample_id FROM verdicts WHERE check_version = ?) ORDER BY s.sample_id",
+        [stages._VERSION], tables={"_k": _ids_table(keys)},
+    ).to_pylist()
+
+
+def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], recipe: Recipe, ds: dict | None,
+            stats: list[SamplingStats], seconds: dict[str, float]) -> dict:
+    """The yield funnel of this recipe's problems and request keys, read back from the lake (so
+    a resumed run reports the whole, not just its last attempt), per source."""
+    source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
+    key_tab = pa.table({"k": pa.array(list(keys), pa.string()), "p": pa.array(list(keys.values()), pa.string())})
+    got = lake.query(
+        "SELECT s.sample_id, s.problem_id, s.prompt_tokens, s.completion_tokens, s.cost_usd FROM samples s JOIN _k k ON s.sample_id = k.k",
+        tables={"_k": key_tab},
+    ).to_pylist()
+    verdicts = _verdicts_for(lake, [r["sample_id"] for r in got])
+    verified = {v["sample_id"] for v in verdicts if not v["check"].startswith("filter:") and v["status"] == "pass"}
+    accepted = stages.accepted_ids(verdicts, recipe)
+    kept = {r["item_id"] for r in lake.query(
+        "SELECT d.item_id FROM dedup d JOIN _k k ON d.item_id = k.k WHERE d.item_kind = 'sample' AND d.kept",
+        tables={"_k": key_tab}).to_pylist()} & accepted
+    ds_ids: set[str] = set()
+    if ds:
+        ds_ids = {r["sample_id"] for r in lake.query(
+            f"SELECT sample_id FROM ({ds['sql']}) d JOIN _k k ON d.sample_id = k.k", tables={"_k": key_tab}).to_pylist()}
+    by_source: dict[str, Counter] = defaultdict(Counter)
+    for p in problems:
+        by_source[source_of[p["problem_id"]]]["problems"] += 1
+    for k, pid in keys.items():
+        by_source[source_of.get(pid, "?")]["requests"] += 1
+    for r in got:
+        c = by_source[source_of.get(r["problem_id"], "?")]
+        sid = r["sample_id"]
+        c["samples"] += 1
+        c["verified"] += sid in verified
+        c["filtered"] += sid in accepted
+        c["deduplicated"] += sid in kept
+        c["dataset"] += sid in ds_ids
+    total = Counter()
+    for c in by_source.values():
+        total.update(c)
+    rejected = [v for v in verdicts if v["status"] != "pass"]
+    return {
+        "funnel": stages.funnel(total),
+        "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
+        "rejects": stages.reject_reasons(rejected),
+        "tokens": {"prompt": sum(r["prompt_tokens"] or 0 for r in got), "completion": sum(r["completion_tokens"] or 0 for r in got)},
+        "cost_usd": round(sum(r["cost_usd"] or 0.0 for r in got), 6),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "sent_this_attempt": sum(s.received for s in stats),
+        "budget_reached": any(s.stopped_by_budget for s in stats),
+        "dataset": ds and {k: ds[k] for k in ("name", "version", "rows", "new")},
+    }
+
+
+@flow(name="factory-run", persist_result=False, log_prints=False)
+def factory_run(recipe_path: str, store: str | None = None, catalog: str | None = None, limit: int | None = None) -> dict:
+    """Run a recipe end to end; returns the run's summary (also stored in `runs.counts`)."""
+    path = Path(recipe_path)
+    recipe = load_recipe(path)
+    rhash = recipe_hash(recipe)
+    lake = _open_lake(store, catalog)
+    run_id = _run_id(lake, recipe, rhash)
+    started = dt.datetime.now(dt.timezone.utc)
+    seconds: dict[str, float] = {}
+    _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "started", started)
+    if "code" in recipe.verify:
+        ensure_sandbox_limit(recipe.sandbox_workers)
+    log.info("run %s of recipe %s (%s)", run_id, recipe.name, rhash[:12])
+    loop = _Loop()
+    teacher = None
+    stats: list[SamplingStats] = []
+    try:
+        # questions + decontaminate: only problems new to the lake are checked and committed.
+        t0 = time.perf_counter()
+        progress.start("questions")
+        problems = questions(recipe, path.parent, limit)
+        teacher = make_teacher(recipe.teacher.to_config())
+        for src, seeds in stages.teacher_written(recipe.questions, problems):
+            problems += written(lake, loop, teacher, src, seeds, run_id, problems)
+        ids = [p["problem_id"] for p in problems]
+        known = lake.existing("problems", "problem_id", ids)
+        new = [p for p in problems if p["problem_id"] not in known]
+        progress.end("questions", f"{len(problems)} problems, {len(new)} new")
+        seconds["questions"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        progress.start("decontaminate", len(new))
+        for batch in stages.batches(new, recipe.batch_size * 4):
+            checked = decontaminate(recipe, list(batch))
+            commit(lake, "problems", checked, f"problems:{_digest([p['problem_id'] for p in batch])}", run_id)
+            progress.advance("decontaminate", len(batch))
+        if recipe.dedup.problems:
+            dedup(lake, recipe, run_id, "problems")
+        state = _problem_state(lake, ids)
+        eligible = [p for p in problems if state.get(p["problem_id"], {}).get("hits", 0) == 0 and state.get(p["problem_id"], {}).get("kept", True)]
+        progress.end("decontaminate", f"{len(problems) - len(eligible)} dropped (benchmark hits or duplicates)")
+        seconds["decontaminate"] = time.perf_counter() - t0
+        by_id = {p["problem_id"]: p for p in eligible}
+
+        # sample -> verify + filter, in rounds when adaptive sampling is on.
+        config = teacher.config
+        sampling = recipe.teacher.sampling
+        counts = {pid: (0, 0) for pid in by_id}
+        keys: dict[str, str] = {}  # request key -> problem id, every key planned so far
+        spent_tokens, spent_usd = 0, 0.0
+        seconds["sample"] = seconds["verify"] = 0.0
+        while True:
+            wanted = stages.plan_round(counts, recipe)
+            if not wanted:
+                break
+            groups = [RequestGroup(pid, tuple(recipe.prompt.messages(by_id[pid])), sampling, idx) for pid, idx in wanted.items()]
+            for g in groups:
+                keys.update({k: g.problem_id for k in g.keys(config).values()})
+            b = recipe.budget
+            budget = None
+            if b.max_tokens or b.max_usd:
+                budget = Budget(max_tokens=b.max_tokens - spent_tokens if b.max_tokens else None,
+                                max_usd=b.max_usd - spent_usd if b.max_usd else None)
+            t0 = time.perf_counter()
+            st = sample(lake, loop, teacher, groups, run_id, budget)
+            seconds["sample"] += time.perf_counter() - t0
+            stats.append(st)
+            spent_tokens += st.prompt_tokens + st.completion_tokens
+            spent_usd += st.cost_usd
+
+            t0 = time.perf_counter()
+            todo = _unverified(lake, list(keys))
+            progress.start("verify", len(todo))
+            futures = [verify.submit(list(batch), by_id, recipe, None) for batch in stages.batches(todo, recipe.batch_size)]
+            for batch, fut in zip(stages.batches(todo, recipe.batch_size), futures):
+                rows = fut.result()
+                commit(lake, "verdicts", rows, f"verdicts:{stages._VERSION}:{_digest([s['sample_id'] for s in batch])}", run_id)
+                progress.advance("verify", len(batch))
+            seconds["verify"] += time.perf_counter() - t0
+            verdicts = _verdicts_for(lake, list(keys))
+            ok = stages.accepted_ids(verdicts, recipe)
+            have: Counter = Counter(keys.values())
+            good: Counter = Counter(keys[s] for s in ok if s in keys)
+            counts = {pid: (have[pid], good[pid]) for pid in by_id}
+            progress.end("verify", f"{len(ok)} accepted of {len(keys)} planned")
+            if st.stopped_by_budget or st.missing or recipe.adaptive.accepted_per_problem is None:
+                break
+        missing = sorted(set(keys) - lake.existing("samples", "request_key", list(keys)))
+        if missing and not any(s.stopped_by_budget for s in stats):
+            counts_ = _counts(lake, eligible, keys, recipe, None, stats, seconds)
+            _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "incomplete", started, counts_)
+            problems_missing = sorted({keys[k] for k in missing})
+            errors = Counter()
+            for s in stats:
+                errors.update(s.errors)
+            raise RunIncomplete(
+                f"run {run_id}: {len(missing)} of {len(keys)} requests got no sample (problems: "
+                f"{', '.join(problems_missing[:10])}{' ...' if len(problems_missing) > 10 else ''}; teacher errors: "
+                f"{dict(errors) or 'none recorded'}). Everything received is stored; run the same command again to resume."
+            )
+
+        # dedup the accepted samples (across runs), then the dataset version.
+        t0 = time.perf_counter()
+        progress.start("dedup")
+        accepted = sorted(stages.accepted_ids(_verdicts_for(lake, list(keys)), recipe))
+        dd = dedup(lake, recipe, run_id, "samples", accepted)
+        progress.end("dedup", f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept")
+        seconds["dedup"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        progress.start("dataset")
+        sql = stages.dataset_sql(recipe, teacher=config.name, sources=sorted({p.get("source") or "" for p in problems}))
+        ds = dataset(lake, recipe, sql, run_id, rhash)
+        ds["sql"] = sql
+        progress.end("dataset", f"{ds['name']} v{ds['version']}: {ds['rows']} rows")
+        seconds["dataset"] = time.perf_counter() - t0
+        summary = _counts(lake, eligible, keys, recipe, ds, stats, seconds)
+        summary["run_id"] = run_id
+        summary["problems_dropped"] = len(problems) - len(eligible)
+        _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "finished", started, summary)
+        _artifact(recipe, summary)
+        return summary
+    except RunIncomplete:
+        raise
+    except BaseException:
+        try:
+            _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "failed", started, {"seconds": seconds})
+        except Exception:  # the lake itself may be what failed: the original error matters more
+            log.exception("could not record the failed run")
+        raise
+    finally:
+        if teacher is not None:
+            try:
+                loop.run(teacher.aclose())
+            except Exception:
+                log.exception("closing the teacher")
+        loop.close()
+        lake.close()
+
+
+def _artifact(recipe: Recipe, summary: dict) -> None:
+    """The funnel as a Prefect markdown artifact, so the UI shows it beside the run."""
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        from flows.report import funnel_markdown
+
+        key = "funnel-" + "".join(c if c.isalnum() else "-" for c in recipe.name.lower())
+        create_markdown_artifact(markdown=funnel_markdown(summary), key=key[:60], description=f"yield funnel of {recipe.name}")
+    except Exception:  # an artifact is a view; the run's data is already committed
+        log.warning("could not create the funnel artifact", exc_info=True)
+
+
+def task_runner_for(recipe: Recipe):
+    """The Prefect task runner the recipe asks for (verification and dedup batches run on it)."""
+    from storage.errors import require
+
+    spec = recipe.task_runner
+    if spec.kind == "dask":
+        mod = require("prefect_dask", "pip install 'reasoning-factory[dask]'")
+        if spec.address:
+            return mod.DaskTaskRunner(address=spec.address)
+        # A local cluster: scheduler, workers and dashboard on loopback only.
+        return mod.DaskTaskRunner(cluster_kwargs={"n_workers": spec.max_workers or 2, "threads_per_worker": 1,
+                                                  "host": "127.0.0.1", "dashboard_address": None})
+    if spec.kind == "ray":
+        mod = require("prefect_ray", "pip install 'reasoning-factory[ray]'")
+        return mod.RayTaskRunner(address=spec.address) if spec.address else mod.RayTaskRunner()
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=spec.max_workers or 2)
+
+
+def ensure_sandbox_limit(limit: int) -> None:
+    """Create or resize the global concurrency limit that caps code sandboxes across the run."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(SANDBOX_LIMIT, limit)
+    except Exception:  # without it the tasks run unlimited (strict=False): logged, not fatal
+        log.warning("could not set the %s concurrency limit", SANDBOX_LIMIT, exc_info=True)
+
+
+def run_recipe(recipe_path: str, store: str | None = None, catalog: str | None = None, limit: int | None = None,
+               on_progress: Progress | None = None) -> dict:
+    """The CLI's entry: the flow with the recipe's task runner and the sandbox limit set up."""
+    recipe = load_recipe(recipe_path)
+    set_progress(on_progress)
+    try:
+        runner = task_runner_for(recipe)
+        return factory_run.with_options(task_runner=runner)(recipe_path, store=store, catalog=catalog, limit=limit)
+    finally:
+        set_progress(None)

@@ -1,0 +1,106 @@
+"""Recipes: the issue's example shape validates; bad recipes name the file, line, key path and
+what was expected; the hash follows meaning, not spelling; the shipped recipes load."""
+
+from pathlib import Path
+
+import pytest
+
+from factory.recipe import load_recipe, recipe_hash
+from factory.stages import collect_questions
+from storage import BadInput
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXAMPLE = """\
+name: gsm8k-r1
+questions:
+  - {source: jsonl, path: data/gsm8k_test.jsonl, fields: {problem: question, answer: answer}, limit: 200}
+teacher:
+  backend: openai            # openai | vllm | transformers
+  base_url: http://127.0.0.1:8000/v1
+  model: deepseek-r1
+  samples_per_problem: 4
+  sampling: {temperature: 0.6, max_tokens: 4096}
+verify: [math]
+filters: [think_format, language, repetition, truncation]
+dedup: {threshold: 0.8}
+dataset: {name: gsm8k-r1}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_the_issue_example_validates(tmp_path):
+    r = load_recipe(write(tmp_path, EXAMPLE))
+    cfg = r.teacher.to_config()
+    assert cfg.backend == "openai" and cfg.endpoints[0].url == "http://127.0.0.1:8000/v1" and cfg.name == "deepseek-r1"
+    assert r.teacher.samples_per_problem == 4 and r.teacher.sampling.max_tokens == 4096
+    assert r.dataset_name == "gsm8k-r1" and r.dedup.threshold == 0.8
+
+
+@pytest.mark.parametrize(
+    "old,new,line,expected",
+    [
+        ("temperature: 0.6", "temperature: 5", 9, r"teacher.sampling.temperature: Input should be less than or equal to 2"),
+        ("verify: [math]", "verify: [maths]", 10, r"verify: unknown verifier\(s\) \['maths'\]"),
+        ("  model: deepseek-r1\n", "  model: deepseek-r1\n  modle: x\n", 8, r"teacher.modle: Extra inputs are not permitted"),
+        ("source: jsonl", "source: jsonx", 3, r"questions\[0\]"),
+        ("  base_url: http://127.0.0.1:8000/v1\n", "", 4, r"teacher: .*needs base_url"),
+        ("filters: [think_format", "filters: [think_fromat", 11, r"filters: unknown filter"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 1.8}", 12, r"dedup.threshold"),
+    ],
+)
+def test_bad_recipes_name_file_line_key_and_expectation(tmp_path, old, new, line, expected):
+    assert old in EXAMPLE
+    path = write(tmp_path, EXAMPLE.replace(old, new))
+    with pytest.raises(BadInput, match=expected) as exc:
+        load_recipe(path)
+    assert f"{path}:{line}:" in str(exc.value)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    with pytest.raises(BadInput, match=r"recipe.yaml:2: not valid YAML"):
+        load_recipe(write(tmp_path, "name: x\n  - : [\n"))
+    with pytest.raises(BadInput, match="expected a mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(BadInput, match="no such recipe file"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_hash_follows_meaning_not_spelling(tmp_path):
+    a = recipe_hash(load_recipe(write(tmp_path, EXAMPLE)))
+    b = recipe_hash(load_recipe(write(tmp_path, EXAMPLE.replace("# openai | vllm | transformers", "") + "\n# a comment\n")))
+    c = recipe_hash(load_recipe(write(tmp_path, EXAMPLE.replace("temperature: 0.6", "temperature: 0.7"))))
+    assert a == b != c
+
+
+@pytest.mark.parametrize("name", ["quickstart", "r1_math_vllm", "code_mbpp"])
+def test_shipped_recipes_load_and_their_sources_read(name):
+    r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    rows = collect_questions(r.questions, base_dir=ROOT / "recipes", limit=5)
+    assert rows and all(row["problem_id"] and row["problem"] for row in rows)
+
+
+def test_docs_recipes_names_every_key():
+    """docs/recipes.md documents every key of the recipe models and the question sources."""
+    from pydantic import BaseModel
+
+    from factory import questions, recipe
+    from factory.teachers.base import Sampling
+
+    doc = (ROOT / "docs" / "recipes.md").read_text()
+    models = [recipe.Recipe, recipe.TeacherSpec, recipe.PromptSpec, recipe.AdaptiveSpec, recipe.DecontaminateSpec,
+              recipe.DedupSpec, recipe.DatasetSpec, recipe.BudgetSpec, recipe.RunnerSpec, Sampling,
+              questions.SeedSource, questions.GeneratorSource, questions.TeacherWrittenSource]
+    missing = []
+    for m in models:
+        assert issubclass(m, BaseModel)
+        for name, field in m.model_fields.items():
+            key = field.alias or name
+            if f"`{key}`" not in doc and key != "source":
+                missing.append(f"{m.__name__}.{key}")
+    assert not missing, f"docs/recipes.md does not name: {missing}"

@@ -1,0 +1,250 @@
+"""The factory flow end to end on Prefect's test harness, against the scripted teacher server
+over real HTTP: what lands in the dataset, the funnel, resume without resending, teacher faults,
+and SIGKILL at several points followed by a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from factory import benchmarks
+from storage import Lake
+from tests.teacher_server import Normal, Stall, Status, TeacherServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+N_PROBLEMS = 6
+WRONG_ALWAYS = 5  # problem 5: the teacher never gets it right
+
+
+def _numbers(prompt: str) -> tuple[int, int, int]:
+    m = re.search(r"Problem (\d+): what is (\d+) plus (\d+)\?", prompt)
+    assert m, prompt
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def scripted_parts(prompt: str, seed, j: int) -> tuple[str, str]:
+    """Even choices answer right with one reasoning per problem (so the two right samples of a
+    problem are exact duplicates); odd choices answer wrong. Problem 5 is always wrong."""
+    i, a, b = _numbers(prompt)
+    right = (j % 2 == 0) and i != WRONG_ALWAYS
+    reasoning = (f"We add {a} and {b} for problem {i}. First take {a}, then count up {b} more steps, "
+                 f"checking each step carefully along the way until the total is reached.")
+    if not right:
+        reasoning += f" Variant {j} of the reasoning with seed {seed} and a slip in the last step."
+    return reasoning, f"The answer is \\boxed{{{a + b if right else a + b + 1}}}."
+
+
+def write_recipe(tmp: Path, url: str, *, contaminated: bool = True, extra: str = "", name: str = "flowtest",
+                 n: int = N_PROBLEMS) -> Path:
+    rows = [{"q": f"Problem {i}: what is {10 + i} plus {20 + 2 * i}?", "a": str(30 + 3 * i)} for i in range(n)]
+    if contaminated:  # a GSM8K test problem copied verbatim: dropped before any request
+        item = benchmarks.load("gsm8k")[0]
+        rows.append({"q": item["problem"], "a": "0"})
+    (tmp / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        name: {name}
+        questions:
+          - {{source: jsonl, path: problems.jsonl, fields: {{problem: q, answer: a}}, name: adds}}
+        teacher:
+          backend: openai
+          base_url: {url}
+          model: test-model
+          samples_per_problem: 4
+          max_concurrency: 1
+          sampling: {{temperature: 0.6, max_tokens: 200, seed: 7}}
+        verify: [math]
+        filters: [think_format, repetition]
+        dedup: {{threshold: 0.8}}
+        dataset: {{name: {name}}}
+        batch_size: 8
+        """) + extra)
+    return recipe
+
+
+def request_keys(server: TeacherServer) -> Counter:
+    """(prompt, seed) of every answered completion request: one request carries all 4 samples."""
+    out = Counter()
+    for r in server.completion_requests():
+        if r.get("completed"):
+            body = r["body"]
+            out[(json.dumps(body.get("messages"), sort_keys=True), body.get("seed"), body.get("n"))] += 1
+    return out
+
+
+def tables(store: Path) -> dict:
+    with Lake.open(str(store), create=False) as lake:
+        ds = lake.query("SELECT name, max(version) AS v FROM datasets GROUP BY 1").to_pylist()
+        rows = sorted(lake.read_dataset(ds[0]["name"]).column("sample_id").to_pylist()) if ds else []
+        return {
+            "samples": sorted(lake.query("SELECT sample_id FROM samples").column("sample_id").to_pylist()),
+            "verdicts": sorted(tuple(r.values()) for r in lake.query('SELECT sample_id, "check", status FROM verdicts').to_pylist()),
+            "dedup": sorted(tuple(r.values()) for r in lake.query("SELECT item_id, kept FROM dedup").to_pylist()),
+            "dataset": rows,
+            "problems": sorted(lake.query("SELECT problem_id FROM problems").column("problem_id").to_pylist()),
+        }
+
+
+@pytest.fixture()
+def server():
+    with TeacherServer(models=["test-model"], parts=scripted_parts) as s:
+        yield s
+
+
+def test_flow_end_to_end_dataset_and_funnel(prefect_api, server, tmp_path):
+    from flows.pipeline import factory_run
+
+    recipe = write_recipe(tmp_path, server.url)
+    store = tmp_path / "store"
+    summary = factory_run(str(recipe), store=str(store))
+    funnel = {f["stage"]: f["count"] for f in summary["funnel"]}
+    # 6 clean problems (the GSM8K copy is dropped), 4 samples each; 2 right per problem but
+    # problem 5; the two right ones of a problem are duplicates, so one each is kept.
+    assert summary["problems_dropped"] == 1
+    assert funnel == {"problems": 6, "requests": 24, "samples": 24, "verified": 10, "filtered": 10,
+                      "deduplicated": 5, "dataset": 5}
+    assert summary["rejects"]["math"] == 14
+    with Lake.open(str(store), create=False) as lake:
+        data = lake.read_dataset("flowtest").to_pylist()
+        assert len(data) == 5
+        for row in data:
+            i, a, b = _numbers(row["problem"])
+            assert f"\\boxed{{{a + b}}}" in row["answer"]
+            assert row["sample_index"] in (0, 2)
+            assert row["messages"][-1]["role"] == "assistant" and row["messages"][-1]["content"].startswith("<think>\n")
+        assert len({r["problem_id"] for r in data}) == 5
+        runs = lake.query("SELECT status, counts FROM runs ORDER BY created_at").to_pylist()
+        assert [r["status"] for r in runs] == ["started", "finished"]
+        assert json.loads(runs[-1]["counts"])["funnel"] == summary["funnel"]
+        contaminated = lake.query("SELECT count(*) AS n FROM problems WHERE len(contamination) > 0").column("n")[0].as_py()
+        assert contaminated == 1
+    sent = request_keys(server)
+    assert len(sent) == 6 and set(sent.values()) == {1}  # one request per clean problem
+
+    # A rerun resumes: nothing is sent again, the dataset version is unchanged.
+    again = factory_run(str(recipe), store=str(store))
+    assert request_keys(server) == sent
+    assert again["dataset"]["version"] == summary["dataset"]["version"] and again["dataset"]["new"] is False
+    assert {f["stage"]: f["count"] for f in again["funnel"]} == funnel
+
+
+def test_flow_teacher_faults_end_complete(prefect_api, server, tmp_path):
+    """429s, 500s and a stalled stream are retried by the backend; the run still ends with the
+    full dataset."""
+    from flows.pipeline import factory_run
+
+    server.script(Status(429, retry_after="0"), Status(500), Stall(after_chunks=1, seconds=30), Status(503))
+    recipe = write_recipe(tmp_path, server.url, contaminated=False)
+    recipe.write_text(recipe.read_text().replace("max_concurrency: 1", "max_concurrency: 1\n  stream: true\n  stall_timeout_s: 1"))
+    summary = factory_run(str(recipe), store=str(tmp_path / "store"))
+    assert {f["stage"]: f["count"] for f in summary["funnel"]}["dataset"] == 5
+
+
+def test_flow_dead_teacher_fails_listing_what_is_missing_then_resumes(prefect_api, server, tmp_path):
+    from flows.pipeline import RunIncomplete, factory_run
+
+    recipe = write_recipe(tmp_path, server.url, contaminated=False)
+    recipe.write_text(recipe.read_text().replace("max_concurrency: 1", "max_concurrency: 1\n  request_timeout_s: 3"))
+    server.default = Status(500)
+    with pytest.raises(RunIncomplete) as exc:
+        factory_run(str(recipe), store=str(tmp_path / "store"))
+    assert "24 of 24 requests got no sample" in str(exc.value) and "run the same command again" in str(exc.value)
+    with Lake.open(str(tmp_path / "store"), create=False) as lake:
+        assert lake.query("SELECT arg_max(status, created_at) AS s FROM runs").column("s")[0].as_py() == "incomplete"
+    server.default = Normal()
+    summary = factory_run(str(recipe), store=str(tmp_path / "store"))
+    assert {f["stage"]: f["count"] for f in summary["funnel"]}["dataset"] == 5
+    with Lake.open(str(tmp_path / "store"), create=False) as lake:
+        assert lake.query("SELECT count(DISTINCT run_id) AS n FROM runs").column("n")[0].as_py() == 1  # resumed the same run
+
+
+@pytest.mark.integration
+def test_flow_on_a_dask_task_runner(prefect_api, server, tmp_path):
+    """The same run with verification on a local Dask cluster (worker processes on 127.0.0.1)."""
+    pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
+    from flows.pipeline import run_recipe
+
+    recipe = write_recipe(tmp_path, server.url, contaminated=False, extra="task_runner: {kind: dask, max_workers: 2}\n")
+    summary = run_recipe(str(recipe), store=str(tmp_path / "store"))
+    assert {f["stage"]: f["count"] for f in summary["funnel"]} == {
+        "problems": 6, "requests": 24, "samples": 24, "verified": 10, "filtered": 10, "deduplicated": 5, "dataset": 5}
+
+
+def test_adaptive_sampling_stops_when_enough_are_accepted(prefect_api, server, tmp_path):
+    from flows.pipeline import factory_run
+
+    recipe = write_recipe(tmp_path, server.url, contaminated=False,
+                          extra="adaptive: {accepted_per_problem: 1, max_samples_per_problem: 8}\n")
+    recipe.write_text(recipe.read_text().replace("samples_per_problem: 4", "samples_per_problem: 1"))
+    summary = factory_run(str(recipe), store=str(tmp_path / "store"))
+    funnel = {f["stage"]: f["count"] for f in summary["funnel"]}
+    # Round 1: index 0 of each problem (right for 0-4). Problem 5 is never right: it gets
+    # 1 -> 2 -> 4 -> 8 samples, then stops at the cap.
+    assert funnel["requests"] == 5 * 1 + 8
+    assert funnel["dataset"] == 5
+
+
+KILLER = """
+import os, signal, sys
+import storage.lake as lake_mod
+table, nth, when = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+real = lake_mod.Lake.commit
+seen = [0]
+def commit(self, t, data, **kw):
+    if t == table:
+        seen[0] += 1
+        if seen[0] == nth and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+    out = real(self, t, data, **kw)
+    if t == table and seen[0] == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+lake_mod.Lake.commit = commit
+from flows.pipeline import factory_run
+factory_run(sys.argv[1], store=sys.argv[5])
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "table,nth,when",
+    [
+        ("samples", 2, "after"),  # during sampling: after a commit, before the rest
+        ("verdicts", 1, "after"),  # between a commit and the bookkeeping that follows it
+        ("dedup", 2, "before"),  # during sample dedup: leaders committed, decisions not
+        ("datasets", 1, "before"),  # before the dataset version
+    ],
+)
+def test_sigkill_then_rerun_equals_uninterrupted(prefect_api, tmp_path, table, nth, when):
+    from flows.pipeline import factory_run
+
+    with TeacherServer(models=["test-model"], parts=scripted_parts) as clean_server:
+        (tmp_path / "a").mkdir()
+        recipe = write_recipe(tmp_path / "a", clean_server.url, n=12)
+        recipe.write_text(recipe.read_text().replace("samples_per_problem: 4", "samples_per_problem: 4\n  max_n: 2"))
+        factory_run(str(recipe), store=str(tmp_path / "clean"))
+        want = tables(tmp_path / "clean")
+
+    with TeacherServer(models=["test-model"], parts=scripted_parts) as server:
+        (tmp_path / "b").mkdir()
+        recipe = write_recipe(tmp_path / "b", server.url, n=12)
+        recipe.write_text(recipe.read_text().replace("samples_per_problem: 4", "samples_per_problem: 4\n  max_n: 2"))
+        store = tmp_path / "killed"
+        env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, "-c", KILLER, str(recipe), table, str(nth), when, str(store)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr[-3000:]
+        factory_run(str(recipe), store=str(store))
+        got = tables(store)
+        sent = request_keys(server)
+    assert got == want
+    assert len(sent) == 24 and set(sent.values()) == {1}, "a request was sent twice"
