@@ -36,13 +36,14 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls home
 
 import pyarrow as pa  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 
 from factory import stages  # noqa: E402
 from factory.dedup import dedup_lake  # noqa: E402
@@ -85,19 +86,16 @@ def set_progress(p: Progress | None) -> None:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _transient(task_, task_run, state) -> bool:
-    """Retry a commit only when the lake was busy or the storage I/O failed."""
-    try:
-        state.result()
-    except (LakeBusy, OSError, TimeoutError):
-        return True
-    except Exception:
-        return False
-    return False
-
-
 def _digest(ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=12).hexdigest()
+
+
+def _threaded() -> bool:
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    ctx = FlowRunContext.get()
+    return ctx is None or isinstance(ctx.task_runner, ThreadPoolTaskRunner)
 
 
 def _ids_table(values, name: str = "v") -> pa.Table:
@@ -125,9 +123,26 @@ class _Loop:
 # -- tasks: read, call, write -----------------------------------------------------------------
 
 
-@task(name="commit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10], retry_condition_fn=_transient)
+def retry_transient(call: Callable[[], Any], what: str, *, tries: int = 4) -> Any:
+    """Run a lake write; retry it only when the lake was busy or its storage I/O failed (the
+    ledger makes a retried commit safe). Anything else fails at once."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except (LakeBusy, OSError, TimeoutError) as exc:
+            if attempt == tries - 1:
+                raise
+            log.warning("%s failed (%s); retrying", what, exc)
+            time.sleep(min(10.0, 4.0**attempt))
+    return None
+
+
 def commit(lake: Lake, table: str, rows: list[dict], batch_key: str, run_id: str) -> int:
-    return lake.commit(table, rows, batch_key=batch_key, run_id=run_id).rows if rows else 0
+    """Commit exactly once. A plain call, not a task: a task run costs API round trips per
+    commit, and the lake's ledger already makes a retry safe."""
+    if not rows:
+        return 0
+    return retry_transient(lambda: lake.commit(table, rows, batch_key=batch_key, run_id=run_id).rows, f"commit to {table}")
 
 
 @task(name="questions", cache_policy=NO_CACHE)
@@ -148,8 +163,13 @@ def written(lake: Lake, loop: "_Loop", teacher, source, seeds: list[dict], run_i
 
 
 @task(name="decontaminate", cache_policy=NO_CACHE)
-def decontaminate(recipe: Recipe, problems: list[dict]) -> list[dict]:
-    return stages.mark_contamination(problems, recipe.decontaminate)
+def decontaminate(lake: Lake, recipe: Recipe, new: list[dict], run_id: str) -> int:
+    """Flag benchmark hits on the problems new to the lake, and commit them in batches."""
+    for batch in stages.batches(new, recipe.batch_size * 4):
+        checked = stages.mark_contamination(list(batch), recipe.decontaminate)
+        commit(lake, "problems", checked, f"problems:{_digest([p['problem_id'] for p in batch])}", run_id)
+        progress.advance("decontaminate", len(batch))
+    return len(new)
 
 
 @task(name="sample", cache_policy=NO_CACHE)
@@ -188,7 +208,7 @@ def dedup(lake: Lake, recipe: Recipe, run_id: str, table: str, where_ids: list[s
                       k=spec.per_problem if table == "samples" else 1, **kw)
 
 
-@task(name="dataset", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10], retry_condition_fn=_transient)
+@task(name="dataset", cache_policy=NO_CACHE)
 def dataset(lake: Lake, recipe: Recipe, sql: str, run_id: str, rhash: str) -> dict:
     """A new dataset version when the accepted rows changed; the latest one otherwise."""
     name = recipe.dataset_name
@@ -196,7 +216,9 @@ def dataset(lake: Lake, recipe: Recipe, sql: str, run_id: str, rhash: str) -> di
     latest = lake.query("SELECT version, sql, row_count FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", [name]).to_pylist()
     if latest and latest[0]["sql"] == sql and latest[0]["row_count"] == rows:
         return {"name": name, "version": latest[0]["version"], "rows": rows, "new": False}
-    v = lake.save_dataset(name, sql, recipe_hash=rhash, description=recipe.dataset.description if recipe.dataset else None, run_id=run_id)
+    v = retry_transient(lambda: lake.save_dataset(name, sql, recipe_hash=rhash, run_id=run_id,
+                                                  description=recipe.dataset.description if recipe.dataset else None),
+                        f"saving dataset {name}")
     return {"name": v.name, "version": v.version, "rows": v.row_count, "new": True}
 
 
@@ -273,7 +295,7 @@ def _unverified(lake: Lake, keys: list[str]) -> list[dict]:
 
 
 def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], recipe: Recipe, ds: dict | None,
-            stats: list[SamplingStats], seconds: dict[str, float]) -> dict:
+            stats: list[SamplingStats], seconds: dict[str, float], verdicts: list[dict] | None = None) -> dict:
     """The yield funnel of this recipe's problems and request keys, read back from the lake (so
     a resumed run reports the whole, not just its last attempt), per source."""
     source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
@@ -282,7 +304,8 @@ def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], recipe: Reci
         "SELECT s.sample_id, s.problem_id, s.prompt_tokens, s.completion_tokens, s.cost_usd FROM samples s JOIN _k k ON s.sample_id = k.k",
         tables={"_k": key_tab},
     ).to_pylist()
-    verdicts = _verdicts_for(lake, [r["sample_id"] for r in got])
+    if verdicts is None:
+        verdicts = _verdicts_for(lake, [r["sample_id"] for r in got])
     verified = {v["sample_id"] for v in verdicts if not v["check"].startswith("filter:") and v["status"] == "pass"}
     accepted = stages.accepted_ids(verdicts, recipe)
     kept = {r["item_id"] for r in lake.query(
@@ -346,7 +369,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         problems = questions(recipe, path.parent, limit)
         teacher = make_teacher(recipe.teacher.to_config())
         for src, seeds in stages.teacher_written(recipe.questions, problems):
-            problems += written(lake, loop, teacher, src, seeds, run_id, problems)
+            problems += written(lake, loop, teacher, src, quote(seeds), run_id, quote(problems))
         ids = [p["problem_id"] for p in problems]
         known = lake.existing("problems", "problem_id", ids)
         new = [p for p in problems if p["problem_id"] not in known]
@@ -354,10 +377,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         seconds["questions"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress.start("decontaminate", len(new))
-        for batch in stages.batches(new, recipe.batch_size * 4):
-            checked = decontaminate(recipe, list(batch))
-            commit(lake, "problems", checked, f"problems:{_digest([p['problem_id'] for p in batch])}", run_id)
-            progress.advance("decontaminate", len(batch))
+        decontaminate(lake, recipe, quote(new), run_id)
         if recipe.dedup.problems:
             dedup(lake, recipe, run_id, "problems")
         state = _problem_state(lake, ids)
@@ -386,7 +406,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
                 budget = Budget(max_tokens=b.max_tokens - spent_tokens if b.max_tokens else None,
                                 max_usd=b.max_usd - spent_usd if b.max_usd else None)
             t0 = time.perf_counter()
-            st = sample(lake, loop, teacher, groups, run_id, budget)
+            st = sample(lake, loop, teacher, quote(groups), run_id, budget)
             seconds["sample"] += time.perf_counter() - t0
             stats.append(st)
             spent_tokens += st.prompt_tokens + st.completion_tokens
@@ -395,7 +415,10 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
             t0 = time.perf_counter()
             todo = _unverified(lake, list(keys))
             progress.start("verify", len(todo))
-            futures = [verify.submit(list(batch), by_id, recipe, None) for batch in stages.batches(todo, recipe.batch_size)]
+            # quote(): Prefect would otherwise walk every record of every argument looking for futures.
+            # (Dask's runner rebuilds its arguments itself and loses the quote: give it plain ones.)
+            q = quote if _threaded() else (lambda x: x)
+            futures = [verify.submit(q(list(batch)), q(by_id), recipe, None) for batch in stages.batches(todo, recipe.batch_size)]
             for batch, fut in zip(stages.batches(todo, recipe.batch_size), futures):
                 rows = fut.result()
                 commit(lake, "verdicts", rows, f"verdicts:{stages._VERSION}:{_digest([s['sample_id'] for s in batch])}", run_id)
@@ -426,8 +449,8 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         # dedup the accepted samples (across runs), then the dataset version.
         t0 = time.perf_counter()
         progress.start("dedup")
-        accepted = sorted(stages.accepted_ids(_verdicts_for(lake, list(keys)), recipe))
-        dd = dedup(lake, recipe, run_id, "samples", accepted)
+        accepted = sorted(ok)  # the last round's accepted samples: every planned key's verdicts
+        dd = dedup(lake, recipe, run_id, "samples", quote(accepted))
         progress.end("dedup", f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept")
         seconds["dedup"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -437,7 +460,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         ds["sql"] = sql
         progress.end("dataset", f"{ds['name']} v{ds['version']}: {ds['rows']} rows")
         seconds["dataset"] = time.perf_counter() - t0
-        summary = _counts(lake, eligible, keys, recipe, ds, stats, seconds)
+        summary = _counts(lake, eligible, keys, recipe, ds, stats, seconds, verdicts)
         summary["run_id"] = run_id
         summary["problems_dropped"] = len(problems) - len(eligible)
         _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "finished", started, summary)
