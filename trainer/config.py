@@ -1,0 +1,189 @@
+"""The pieces every training recipe's config is made of, and the YAML loader that turns a bad
+file into a `BadInput` naming the file, the key path and what was expected.
+
+    from trainer.config import load_yaml
+    from trainer.sft import Config
+    cfg = load_yaml("recipes/train/sft_tiny.yaml", Config)
+
+A recipe (trainer/sft.py, trainer/distill.py, trainer/grpo.py) composes these sections into its
+own pydantic `Config`; every field has a default, and unknown keys are errors (a typo in a YAML
+key must not silently train with the default).
+
+Not covered: config inheritance between files and command-line overrides (edit the YAML).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from storage.errors import BadInput
+
+# The real tokenizer the tests and the tiny recipes use (SmolLM2-135M-Instruct's).
+DEFAULT_TOKENIZER = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers" / "smollm2-135m")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraConfig(Section):
+    """Optional LoRA adapters through peft (only the adapters train)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelConfig(Section):
+    """The model: a local Hugging Face folder (`path`), or a random-weight Llama/Qwen2 built from
+    the sizes below (tests, benchmarks, smoke runs; nothing is downloaded)."""
+
+    path: Optional[str] = None  # a local folder with config.json + weights; wins over the sizes below
+    tokenizer: Optional[str] = None  # folder with tokenizer.json (+ chat_template.jinja) [default: path, else SmolLM2's]
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    init_seed: int = 0  # random weights are a function of this seed only
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights in memory; FSDP keeps fp32 masters and computes in bf16 on GPU
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    lora: Optional[LoraConfig] = None
+
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.path or DEFAULT_TOKENIZER
+
+
+class DataConfig(Section):
+    """Where the training rows come from and how they become tokens. Exactly one source:
+    a lake dataset (`dataset`, optional `version`), a SELECT over the lake (`sql`), or a JSONL
+    file of the same rows (`jsonl`; runs without a lake)."""
+
+    dataset: Optional[str] = None
+    version: Optional[int] = None
+    sql: Optional[str] = None
+    jsonl: Optional[str] = None
+    store: Optional[str] = None  # lake location [env FACTORY_STORE; default ./factory-store]
+    catalog: Optional[str] = None
+    limit: Optional[int] = None  # at most this many rows (smoke runs)
+    max_length: int = 2048  # tokens per packed row (and per example)
+    truncation: Literal["drop", "right"] = "drop"  # drop: skip longer examples (counted); right: cut the end (the end-of-turn token is lost)
+    packing: bool = True  # best-fit-decreasing packing with per-document positions; off: one example per row, padded
+    loss_weighting: Literal["token", "sequence"] = "token"  # token: every supervised token weighs the same; sequence: every example does
+    empty_reasoning: Literal["error", "skip"] = "error"  # a row whose <think> block would be empty
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        given = [k for k in ("dataset", "sql", "jsonl") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of dataset, sql, jsonl; got {given or 'none'}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length {self.max_length}: expected at least 8 tokens")
+        return self
+
+
+class OptimConfig(Section):
+    """AdamW with warmup then a cosine, linear or constant schedule."""
+
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # the schedule's floor, as a fraction of lr
+    max_grad_norm: Optional[float] = 1.0  # None: no clipping (the norm is still logged)
+
+
+class LoopConfig(Section):
+    """Steps and batches. `batch_size` is global (rows per optimizer step over all ranks), so one
+    YAML gives the same optimisation on 1 or N processes: accumulation = batch_size /
+    (micro_batch_size * world size)."""
+
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop here (and size the schedule by it) [default: epochs worth]
+    batch_size: int = 8
+    micro_batch_size: int = 1
+    seed: int = 0  # data order and sampling
+
+
+class CheckpointConfig(Section):
+    """Checkpoints under `<output_dir>/checkpoints/step-N`; optionally mirrored to the lake's
+    artifact store (`store`: a directory or s3://bucket/prefix) under `prefix`."""
+
+    every_steps: int = 0  # 0: only at the end
+    resume: bool = True  # continue from the newest complete checkpoint in output_dir (or the store)
+    keep_last: int = 2
+    store: Optional[str] = None
+    prefix: Optional[str] = None  # artifact key prefix [default: checkpoints/<output_dir name>]
+    export_hf: bool = True  # write <output_dir>/hf (transformers/vLLM loadable) at the end
+
+
+class DistributedConfig(Section):
+    """How a torchrun world shares the model. auto: FSDP2 `fully_shard` when world > 1; bf16
+    mixed precision and activation checkpointing on CUDA only."""
+
+    strategy: Literal["auto", "fsdp", "none"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    activation_checkpointing: Optional[bool] = None  # None: on for CUDA
+    backend: Optional[Literal["gloo", "nccl"]] = None  # None: nccl on CUDA, gloo on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    timeout_s: float = Field(1800.0, gt=0)  # a collective (all-gather, all-reduce, barrier) waiting longer fails instead of hanging
+
+
+class MetricsConfig(Section):
+    """Per-step metrics: `<output_dir>/metrics.csv` and TensorBoard under `<output_dir>/tb`."""
+
+    tensorboard: bool = True
+    log_every: int = 1
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def describe_errors(exc: ValidationError, where: str) -> str:
+    """One line per pydantic error: file, dotted key path, what was expected."""
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{where}: {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: str | Path, model: type[C]) -> C:
+    """Read a YAML config into `model`; a missing file, bad YAML or a bad field is a BadInput."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such config file")
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
+    return validate(raw, model, str(path))
+
+
+def validate(raw: dict, model: type[C], where: str = "config") -> C:
+    """`model.model_validate(raw)` with errors as BadInput naming `where` and the key path."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInput(describe_errors(exc, where)) from None

@@ -1,0 +1,208 @@
+"""The training loop the SFT and distillation recipes share: plan, micro-batches, globally
+normalised loss, AdamW + schedule, clipping, metrics, checkpoints, resume, export.
+
+    result = fit(config, env, model, tokenizer, examples, sft_loss)
+
+`config` is any recipe Config with the sections `output_dir`, `data`, `optim`, `loop`,
+`checkpoint`, `distributed`, `metrics` (trainer/config.py). `compute_loss(model, batch,
+doc_weights, rows)` returns a `LossOut`: the weighted *sum* of per-token losses of the
+micro-batch (the loop divides by the step's global denominator, so 1 process with accumulation
+and N processes give the same gradient), plus sums of any extra metrics.
+
+Why the gradient is multiplied by the world size: FSDP2 averages gradients over ranks, and our
+loss is already divided by the global denominator, so the average must be undone to get the
+sum. Micro-batches of one rank accumulate without gradient sync until the last one.
+
+`build_optimizer` and `build_scheduler` are public for the other recipes (GRPO).
+
+Not covered: gradient-accumulation across steps of different denominators (a step is the unit),
+dynamic batch sizes, EMA weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from storage.errors import BadInput
+
+from .checkpoint import export_hf, find_resume_point, load_checkpoint, save_checkpoint, upload_checkpoint
+from .config import OptimConfig
+from .data import Example
+from .distributed import DistEnv, all_reduce_sum, autocast, uses_fsdp
+from .metrics import MetricsWriter
+from .packing import Batch, collate, plan_steps, step_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossOut:
+    loss_sum: torch.Tensor  # weighted sum over the micro-batch's supervised tokens (has grad)
+    metrics: dict[str, float] = field(default_factory=dict)  # sums, divided by the same denominator for logging
+    denominator: float | None = None  # set when the loss brings its own (e.g. on-policy samples): a per-micro-batch mean
+    flags: dict[str, float] = field(default_factory=dict)  # logged as they are (max over micro-batches), e.g. on_policy 0/1
+
+
+LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor, list[list[Example]], int], LossOut]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (no weight decay on biases and norms)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine/linear decay to min_lr_ratio (or constant) over total_steps."""
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(total_steps - cfg.warmup_steps, 1)
+        progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def grad_norm_of(norm: torch.Tensor) -> float:
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def seed_everything(seed: int, env: DistEnv) -> None:
+    random.seed(seed + env.rank)
+    torch.manual_seed(seed + env.rank)
+
+
+def fit(
+    config: Any,
+    env: DistEnv,
+    model: torch.nn.Module,
+    tokenizer,
+    examples: list[Example],
+    compute_loss: LossFn,
+    *,
+    stop_after_steps: int | None = None,
+    state_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `model` on `examples`; return the final metrics (and where things were written)."""
+    loop, data = config.loop, config.data
+    out = Path(config.output_dir)
+    micro, world = loop.micro_batch_size, env.world_size
+    if loop.batch_size % (micro * world):
+        raise BadInput(f"loop.batch_size {loop.batch_size}: expected a multiple of micro_batch_size ({micro}) x world size ({world})")
+    if world > 1 and not uses_fsdp(env, config.distributed):
+        raise BadInput("distributed.strategy none with several processes: gradients would not be synchronised; use auto or fsdp")
+    accum = loop.batch_size // (micro * world)
+    plan = plan_steps(examples, capacity=data.max_length, packing=data.packing, batch_size=loop.batch_size, seed=loop.seed, epochs=loop.epochs)
+    if not plan:
+        raise BadInput(f"data: {len(examples)} example(s) make fewer rows than one step of loop.batch_size {loop.batch_size}")
+    total = min(len(plan), loop.max_steps) if loop.max_steps else len(plan)
+    if loop.max_steps and loop.max_steps > len(plan):
+        log.warning("loop.max_steps %d > %d steps in %d epoch(s); training %d", loop.max_steps, len(plan), loop.epochs, len(plan))
+
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ckpt_root = out / "checkpoints"
+    prefix = config.checkpoint.prefix or f"checkpoints/{out.name}"
+
+    start = 0
+    seed_everything(loop.seed, env)
+    if config.checkpoint.resume:
+        path = find_resume_point(ckpt_root, config.checkpoint.store, prefix, env)
+        if path is not None:
+            start = int(load_checkpoint(path, model, optimizer, scheduler, env)["step"])
+    metrics = MetricsWriter(out, tensorboard=config.metrics.tensorboard, enabled=env.is_main, resume_step=start)
+
+    last: dict[str, float] = {}
+    t_start = time.perf_counter()
+    model.train()
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        rows = [[examples[i] for i in row] for row in plan[step]]
+        denom, weights = step_weights(rows, data.loss_weighting)
+        doc_weights = torch.tensor(weights, dtype=torch.float32, device=env.device)
+        mine = rows[env.rank * accum * micro : (env.rank + 1) * accum * micro]
+        doc_offset = sum(len(r) for r in rows[: env.rank * accum * micro])
+        loss_acc = torch.zeros(1, dtype=torch.float64)
+        sums: dict[str, float] = {}
+        flags: dict[str, float] = {}
+        tokens = slots = 0
+        for m in range(accum):
+            chunk = mine[m * micro : (m + 1) * micro]
+            batch = collate(chunk, tokenizer.pad_token_id, doc_offset=doc_offset).to(env.device)
+            doc_offset += sum(len(r) for r in chunk)
+            if uses_fsdp(env, config.distributed) and hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(m == accum - 1)
+            with autocast(env, config.distributed):
+                res = compute_loss(model, batch, doc_weights, chunk, step)
+            scale = (1.0 / (res.denominator * accum * world)) if res.denominator else (1.0 / denom)
+            (res.loss_sum * scale * world).backward()
+            loss_acc += float(res.loss_sum.detach()) * scale * world
+            for k, v in res.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * scale * world
+            for k, v in res.flags.items():
+                flags[k] = max(flags.get(k, v), v)
+            tokens += batch.n_tokens
+            slots += batch.n_slots
+        max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm is not None else float("inf")
+        norm = grad_norm_of(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        packed = torch.tensor([loss_acc.item() / world, tokens, slots, *[sums[k] / world for k in sorted(sums)]], dtype=torch.float64)
+        packed = all_reduce_sum(packed.to(env.device) if env.device.type == "cuda" else packed, env).cpu()
+        dt_s = time.perf_counter() - t0
+        last = {
+            "loss": float(packed[0]),
+            "lr": lr,
+            "grad_norm": norm,
+            "tokens": int(packed[1]),
+            "supervised_tokens": int(sum(ex.n_supervised for row in rows for ex in row)),
+            "tokens_per_s": float(packed[1]) / dt_s,
+            "padding_waste": 1.0 - float(packed[1]) / max(float(packed[2]), 1.0),
+            "elapsed_s": time.perf_counter() - t_start,
+        }
+        for i, k in enumerate(sorted(sums)):
+            last[k] = float(packed[3 + i])
+        last.update(flags)
+        done = step + 1
+        if done % config.metrics.log_every == 0 or done == total:
+            metrics.log(done, last)
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s %.0f", done, total, last["loss"], lr, norm, last["tokens_per_s"])
+        every = config.checkpoint.every_steps
+        stopping = stop_after_steps is not None and done >= stop_after_steps
+        if (every and done % every == 0) or done == total or stopping:
+            state = {"epoch_steps": len(plan), "total_steps": total, **(state_extra or {}), "metrics": last}
+            path = save_checkpoint(ckpt_root, done, model, optimizer, scheduler, state, env, keep_last=config.checkpoint.keep_last)
+            if config.checkpoint.store and env.is_main:
+                upload_checkpoint(path, config.checkpoint.store, prefix)
+        if stopping:
+            metrics.close()
+            return {**last, "step": done, "stopped_early": True, "output_dir": str(out)}
+    metrics.close()
+    result: dict[str, Any] = {**last, "step": total, "output_dir": str(out)}
+    if config.checkpoint.export_hf:
+        export_hf(model, tokenizer, out / "hf", env)
+        result["hf"] = str(out / "hf")
+    return result
