@@ -1,0 +1,699 @@
+"""GRPO: the loss functions and the recipe (R1-Zero-style RL with the factory's verifiers as rewards).
+
+    torchrun --nproc-per-node 2 -m trainer.grpo recipes/train/grpo_tiny.yaml
+    factory train grpo recipes/train/grpo_tiny.yaml            # the same, through the CLI
+    python -m trainer.grpo recipes/train/grpo_tiny.yaml         # one process
+
+One GRPO step: take `prompts_per_step` prompts (pre-selected from the lake by stored pass rate,
+0 < p < 1, or from a JSONL file), sample `group_size` completions of each with the policy being
+trained (trainer/rollout.py), score them with weighted reward functions (trainer/rewards.py),
+turn rewards into group-normalised advantages, drop groups whose rewards do not vary (dynamic
+sampling, DAPO) and refill from further prompts, then make `num_iterations` policy updates on
+that generation batch, each over `micro_batch_size` rows at a time with gradient accumulation.
+
+The loss, per completion token t of completion i (TRL's GRPOTrainer and the DAPO paper):
+
+    ratio    = exp(logp - logp_old)                   logp at temperature T: log_softmax(logits / T)
+    clipped  = clamp(ratio, 1 - eps_low, 1 + eps_high)   (eps_high defaults to eps_low)
+    loss_it  = -min(ratio * A_i, clipped * A_i) + beta * k3(logp, logp_ref)
+    k3       = exp(ref - logp) - (ref - logp) - 1     (beta = 0: no reference model is loaded)
+
+and the per-token losses are aggregated by `loss_type`:
+- `grpo`: mean over completions of each completion's token mean (the original GRPO);
+- `bnpo`: token mean over each micro-batch, then mean over micro-batches (TRL's bnpo: it
+  depends on how the batch is cut, by definition; the others do not);
+- `dr_grpo`: token sum / (completions x max_completion_length) (Dr. GRPO: no length bias);
+- `dapo`: token sum / tokens of the whole generation batch, all ranks (DAPO's token-level loss).
+The normalisers come from the whole optimizer step (all micro-batches, all ranks), so the loss and
+its gradient are the same whether a batch runs whole, in micro-batches with accumulation, or split
+over processes (tests/trainer/test_grpo_invariance.py); TRL's `grpo` and `dr_grpo` divide by the
+micro-batch instead and only agree when micro-batches are of equal size.
+
+Advantages: (r - mean_group) / (std + 1e-4) with std the Bessel-corrected std of the group
+(`scale_rewards: group`), of the whole batch over all ranks (`batch`, TRL's scale_rewards="batch")
+or no division (`none`, Dr. GRPO). With `num_iterations` 1 the old log-probs are the current
+ones detached (ratio 1, TRL's shortcut); above 1 they are scored once before the updates.
+
+Metrics, per step, to <output_dir>/metrics.csv and TensorBoard (`factory report --metrics` plots
+them): reward mean/std, total and per reward function; completion length mean/max and the share
+cut by the length limit (the R1 paper's response-length curve); KL, entropy, clip fractions
+low/high; the share of zero-std groups before and after dynamic sampling; generation rounds;
+completion tokens/s; time split generation/scoring/training. Rewards and lengths are of every
+completion generated in the step (refills included); the per-function breakdown and reward_std
+are rank 0's.
+
+Log-probs are computed the way TRL computes them: one forward over [left-padded prompt,
+completion] with the attention mask and default position ids (with RoPE a constant shift of
+positions under left padding changes nothing but rounding).
+
+Not covered: sequence-level importance sampling (GSPO), CISPO/SAPO losses, vLLM's importance
+sampling correction, an entropy bonus; mid-run checkpoints and resume (the model is exported at
+the end); the reference model is a frozen copy of the initial policy (no periodic sync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from factory.records import problem_id as hash_problem
+from factory.teachers.base import RequestGroup
+from storage.errors import BadInput
+
+from .config import (
+    DistributedConfig,
+    MetricsConfig,
+    ModelConfig,
+    OptimConfig,
+    Section,
+    load_yaml,
+)
+from .rewards import RewardConfig, Scorer
+from .rollout import RolloutConfig, make_rollout_engine, run_with_timeout
+
+log = logging.getLogger(__name__)
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
+ADV_EPS = 1e-4  # TRL's and the GRPO paper's guard against a zero std
+
+
+# --- the loss functions ------------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = ADV_EPS) -> torch.Tensor:
+    """Group-normalised advantages of rewards laid out group after group ([g0 s0, g0 s1, ..., g1 s0, ...]).
+
+    scale: `group` divides by each group's std (Bessel-corrected), `batch` by the std of all
+    rewards, `none` only centres. [1, 0, 0, 1] in a group of 4 gives +/-0.865875.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if scale == "group":
+        std = grouped.std(dim=1).repeat_interleave(group_size)
+    elif scale == "batch":
+        std = rewards.std().expand_as(rewards)
+    elif scale == "none":
+        return centred
+    else:
+        raise ValueError(f"scale {scale!r}: expected group, batch or none")
+    return centred / (std + eps)
+
+
+def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A bool per group: its rewards are all equal (no learning signal; dynamic sampling drops it)."""
+    grouped = rewards.view(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values).abs() < 1e-12
+
+
+def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of `ids` under `logits / temperature` (same leading shape), and the
+    entropy of each position's distribution. Computed in fp32; the logits are multiplied by 1/T
+    (as TRL's fused head and vLLM do), which rounds differently from dividing by T."""
+    logp_all = torch.log_softmax(logits.float() * (1.0 / temperature), dim=-1)
+    logps = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
+                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logps, entropy) of the last `completion_len` tokens of each row of `input_ids` (prompt then
+    completion), from one forward pass that keeps only the logits it needs."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=completion_len + 1, use_cache=False)
+    logits = out.logits[:, :-1]  # the logit at position p predicts token p + 1
+    return token_logps(logits, input_ids[:, -completion_len:], temperature)
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def clipped_ratio(logps: torch.Tensor, old_logps: torch.Tensor, epsilon_low: float, epsilon_high: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ratio, clamped ratio): exp(logp - logp_old), and it clamped to [1 - eps_low, 1 + eps_high]."""
+    eps_high = epsilon_low if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logps - old_logps)
+    return ratio, torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logps: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    loss_type: str = "dapo",
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    num_chunks: int = 1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the GRPO loss, and sums for the metrics.
+
+    logps, old_logps, ref_logps, mask: (B, T) over completion tokens; advantages: (B,).
+    `old_logps` None: the rollout policy is the current one (one update per generation), ratio 1
+    in value but with the gradient of logp. `num_sequences` / `num_tokens`: the completions and
+    completion tokens of the whole optimizer step (all micro-batches, all ranks); None: this
+    micro-batch's own (the batch is processed whole). `num_chunks`: micro-batches x ranks in the
+    step (only `bnpo` uses it). Summing the returned losses over the step's micro-batches and
+    ranks gives the loss of the whole batch.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r}: expected one of {LOSS_TYPES}")
+    mask = mask.to(logps.dtype)
+    if old_logps is None:
+        old_logps = logps.detach()
+    adv = advantages.to(logps.dtype).unsqueeze(1)
+    ratio, clipped = clipped_ratio(logps, old_logps, epsilon_low, epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
+        kl = kl_k3(logps, ref_logps)
+        per_token = per_token + beta * kl
+    n_seq = logps.size(0) if num_sequences is None else num_sequences
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n_seq
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0) / num_chunks
+    elif loss_type == "dr_grpo":
+        if not max_completion_length:
+            raise ValueError("dr_grpo needs max_completion_length")
+        loss = (per_token * mask).sum() / (n_seq * max_completion_length)
+    else:  # dapo
+        n_tok = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
+        loss = (per_token * mask).sum() / n_tok
+    with torch.no_grad():
+        eps_high = epsilon_low if epsilon_high is None else epsilon_high
+        low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
+        high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype) * mask
+        stats = {
+            "tokens": float(mask.sum()),
+            "clip_low": float(low.sum()),
+            "clip_high": float(high.sum()),
+            "kl": float((kl * mask).sum()) if kl is not None else 0.0,
+        }
+    return loss, stats
+
+
+# --- the recipe --------------------------------------------------------------------------------
+
+
+def _reduce(t: torch.Tensor, env, timeout_s: float, what: str) -> torch.Tensor:
+    """all_reduce_sum under a deadline: a dead peer is a SyncError naming the collective, not a hang."""
+    from .distributed import all_reduce_sum
+
+    if not env.distributed:
+        return t
+    return run_with_timeout(lambda: all_reduce_sum(t, env), timeout_s, f"all-reduce of {what}")
+
+
+class PromptsConfig(Section):
+    """Where the prompts come from: problems from the lake whose stored pass rate (the `labels`
+    table) lies strictly inside `pass_rate` (GRPO learns nothing from a group that all pass or
+    all fail), or a JSONL file of problems. A row needs `problem` and `reference_answer`
+    (or `answer`); `problem_id`, `domain`, `tests`, `pass_rate` are used when present."""
+
+    jsonl: str | None = None
+    sql: str | None = None  # a SELECT over the lake; default: problems joined to labels
+    store: str | None = None
+    catalog: str | None = None
+    pass_rate: tuple[float, float] | None = (0.0, 1.0)  # open interval; None: no filter
+    limit: int | None = None
+    system_prompt: str | None = None
+    template: str = "{problem}"  # the user message; {problem} is replaced
+
+    @model_validator(mode="after")
+    def _source(self) -> PromptsConfig:
+        if self.jsonl and self.sql:
+            raise ValueError("expected one of jsonl or sql, not both")
+        if self.pass_rate is not None and not (0.0 <= self.pass_rate[0] < self.pass_rate[1] <= 1.0):
+            raise ValueError(f"pass_rate {list(self.pass_rate)}: expected [low, high] with 0 <= low < high <= 1")
+        if "{problem}" not in self.template:
+            raise ValueError("template: expected a string containing {problem}")
+        return self
+
+
+# The newest problem row and the newest label of each problem (runs append), benchmark-contaminated
+# problems left out; the label (gold, or the majority's answer) is the reference.
+DEFAULT_PROMPTS_SQL = """
+SELECT p.problem_id, p.problem, coalesce(l.label, p.reference_answer) AS reference_answer, p.domain, p.tests, l.pass_rate
+FROM (SELECT * FROM problems QUALIFY row_number() OVER (PARTITION BY problem_id ORDER BY created_at DESC) = 1) p
+JOIN (SELECT * FROM labels QUALIFY row_number() OVER (PARTITION BY problem_id ORDER BY created_at DESC) = 1) l
+  USING (problem_id)
+WHERE coalesce(len(p.contamination), 0) = 0
+ORDER BY p.problem_id
+"""
+
+
+class GRPOSection(Section):
+    """The algorithm (names as in TRL's GRPOConfig where they exist)."""
+
+    group_size: int = Field(8, ge=2)
+    prompts_per_step: int = Field(8, ge=1, description="groups per generation batch, all ranks together")
+    num_iterations: int = Field(1, ge=1, description="policy updates per generation batch (mu)")
+    micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward")
+    loss_type: LossType = "dapo"
+    epsilon_low: float = Field(0.2, ge=0, lt=1)
+    epsilon_high: float | None = Field(0.28, ge=0)
+    beta: float = Field(0.0, ge=0, description="k3 KL weight; 0: no reference model")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    dynamic_sampling: bool = True  # drop zero-std groups and refill (DAPO)
+    max_refills: int = Field(4, ge=0, description="extra generation rounds to fill the batch with informative groups")
+    max_steps: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class Config(Section):
+    """`trainer.grpo`'s whole config; every field has a default except the prompts' source."""
+
+    model: ModelConfig = ModelConfig()
+    prompts: PromptsConfig
+    grpo: GRPOSection = GRPOSection()
+    rollout: RolloutConfig = RolloutConfig()
+    rewards: RewardConfig = RewardConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-6, schedule="constant", warmup_steps=0)
+    distributed: DistributedConfig = DistributedConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    output_dir: str = "runs/grpo"
+    export_hf: bool = True
+
+
+def load_config(path: str | Path) -> Config:
+    """The YAML at `path` as a Config; BadInput naming the file, the key path and the expected form."""
+    return load_yaml(path, Config)
+
+
+# -- prompts ----------------------------------------------------------------------------------
+
+
+def read_prompts(cfg: PromptsConfig) -> list[dict]:
+    """The problems to train on, pass-rate filtered, each with a problem_id."""
+    rows: list[dict]
+    if cfg.jsonl:
+        path = Path(cfg.jsonl)
+        if not path.is_file():
+            raise BadInput(f"prompts.jsonl {path}: no such file")
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path} line {i}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not row.get("problem"):
+                raise BadInput(f"{path} line {i}: expected an object with a non-empty 'problem'")
+            rows.append(row)
+    else:
+        from storage import Lake
+
+        with Lake.open(cfg.store, cfg.catalog, create=False) as lake:
+            rows = lake.query(cfg.sql or DEFAULT_PROMPTS_SQL).to_pylist()
+    out = []
+    lo_hi = cfg.pass_rate
+    for row in rows:
+        p = row.get("pass_rate")
+        if lo_hi is not None and p is not None and not (lo_hi[0] < p < lo_hi[1]):
+            continue  # all pass or all fail: a zero-variance group, no signal
+        row = dict(row)
+        row.setdefault("reference_answer", row.get("answer"))
+        row["problem_id"] = row.get("problem_id") or hash_problem(row["problem"])
+        out.append(row)
+        if cfg.limit and len(out) >= cfg.limit:
+            break
+    if not out:
+        where = cfg.jsonl or "the lake"
+        raise BadInput(f"prompts: no problems from {where} with pass_rate strictly inside {list(lo_hi) if lo_hi else 'any'}")
+    return out
+
+
+def messages_for(row: dict, cfg: PromptsConfig) -> tuple[dict, ...]:
+    msgs = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    msgs.append({"role": "user", "content": cfg.template.replace("{problem}", str(row["problem"]))})
+    return tuple(msgs)
+
+
+class PromptStream:
+    """An endless, seeded, reshuffled-every-epoch stream of prompts for one rank."""
+
+    def __init__(self, rows: list[dict], seed: int, rank: int = 0, world: int = 1):
+        self.rows = rows[rank::world] or rows  # disjoint shards when there are enough prompts
+        self.rng = random.Random(seed * 1000 + rank)
+        self.order: list[int] = []
+
+    def next(self) -> dict:
+        if not self.order:
+            self.order = list(range(len(self.rows)))
+            self.rng.shuffle(self.order)
+        return self.rows[self.order.pop()]
+
+
+# -- a generation batch as tensors --------------------------------------------------------------
+
+
+@dataclass
+class RolloutBatch:
+    """Rows of a generation batch: left-padded prompts, right-padded completions."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    advantages: torch.Tensor
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.prompt_ids.size(0)
+
+    def rows(self, start: int, end: int) -> RolloutBatch:
+        cut = lambda t: None if t is None else t[start:end]
+        return RolloutBatch(*(cut(getattr(self, f)) for f in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
+                                                               "advantages", "old_logps", "ref_logps")))
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.prompt_ids, self.completion_ids], 1), torch.cat([self.prompt_mask, self.completion_mask], 1)
+
+
+def make_batch(prompts: list[list[int]], completions: list[list[int]], advantages: torch.Tensor, pad_id: int,
+               device: torch.device | str = "cpu") -> RolloutBatch:
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    C = max(1, max(len(c) for c in completions))
+    pi = torch.full((B, P), pad_id, dtype=torch.long)
+    pm = torch.zeros((B, P), dtype=torch.long)
+    ci = torch.full((B, C), pad_id, dtype=torch.long)
+    cm = torch.zeros((B, C), dtype=torch.long)
+    for r, (p, c) in enumerate(zip(prompts, completions)):
+        pi[r, P - len(p):] = torch.tensor(p)
+        pm[r, P - len(p):] = 1
+        if c:
+            ci[r, : len(c)] = torch.tensor(c)
+            cm[r, : len(c)] = 1
+    return RolloutBatch(pi.to(device), pm.to(device), ci.to(device), cm.to(device), advantages.float().to(device))
+
+
+@torch.no_grad()
+def score_logps(model, batch: RolloutBatch, temperature: float, micro_batch_size: int) -> torch.Tensor:
+    """Per-token log-probs of the batch's completions under `model` (no grad), micro-batched."""
+    out = []
+    C = batch.completion_ids.size(1)
+    for s in range(0, len(batch), micro_batch_size):
+        ids, att = batch.rows(s, s + micro_batch_size).inputs()
+        out.append(completion_logps(model, ids, att, C, temperature)[0])
+    return torch.cat(out)
+
+
+def accumulate_gradients(model, batch: RolloutBatch, g: GRPOSection, *, temperature: float, max_completion_length: int,
+                         micro_batch_size: int, num_sequences: int, num_tokens: float, num_chunks: int,
+                         loss_scale: float = 1.0) -> dict[str, float]:
+    """Forward/backward over `batch` in micro-batches, adding to `.grad`. The normalisers
+    (`num_sequences`, `num_tokens`, `num_chunks`) are those of the whole optimizer step over all
+    ranks, so the gradients summed over micro-batches and ranks are the whole batch's.
+    `loss_scale`: the world size under FSDP/DDP, whose gradient reduction averages over ranks."""
+    totals = {"loss": 0.0, "tokens": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0}
+    C = batch.completion_ids.size(1)
+    for s in range(0, len(batch), micro_batch_size):
+        mb = batch.rows(s, s + micro_batch_size)
+        ids, att = mb.inputs()
+        logps, entropy = completion_logps(model, ids, att, C, temperature)
+        loss, stats = grpo_loss(
+            logps, mb.advantages, mb.completion_mask, old_logps=mb.old_logps, ref_logps=mb.ref_logps, loss_type=g.loss_type,
+            epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, beta=g.beta, max_completion_length=max_completion_length,
+            num_sequences=num_sequences, num_tokens=num_tokens, num_chunks=num_chunks,
+        )
+        (loss * loss_scale).backward()
+        totals["loss"] += float(loss.detach())
+        totals["entropy"] += float((entropy.detach() * mb.completion_mask).sum())
+        for k in ("tokens", "clip_low", "clip_high", "kl"):
+            totals[k] += stats[k]
+    return totals
+
+
+# -- the training loop ---------------------------------------------------------------------------
+
+
+def _lr_lambda(optim: OptimConfig, total: int):
+    def f(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+    return f
+
+
+def _reduce_max(value: int, env, timeout_s: float) -> int:
+    """The largest `value` over the ranks (under the collective deadline)."""
+    if not env.distributed:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.long, device=env.device)
+    run_with_timeout(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX), timeout_s, "all-reduce of the groups still needed")
+    return int(t.item())
+
+
+def _all_reduce_grads(params: list[torch.Tensor], env, timeout_s: float) -> None:
+    """Sum unsharded gradients over the ranks (under the collective deadline)."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g_.flatten() for g_ in grads])
+    run_with_timeout(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), timeout_s, "all-reduce of the gradients")
+    offset = 0
+    for g_ in grads:
+        g_.copy_(flat[offset: offset + g_.numel()].view_as(g_))
+        offset += g_.numel()
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
+    """Run GRPO as `config` says; returns the per-step metrics and where the model went.
+    `stop_after_steps`: end early (GRPO has no mid-run checkpoint to resume from yet: the model
+    is exported as it is)."""
+    from .distributed import close_distributed, init_distributed, shard_model, uses_fsdp
+    from .metrics import MetricsWriter
+    from .model import build_model, load_tokenizer
+
+    env = init_distributed(config.distributed)
+    g, ro = config.grpo, config.rollout
+    torch.manual_seed(g.seed)
+    if g.prompts_per_step % env.world_size:
+        raise BadInput(f"grpo.prompts_per_step {g.prompts_per_step}: expected a multiple of the world size {env.world_size}")
+    groups_per_rank = g.prompts_per_step // env.world_size
+    tokenizer = load_tokenizer(config.model.tokenizer_path())
+    model = build_model(config.model, tokenizer, env.device)
+    ref_model = None
+    if g.beta != 0.0:  # the frozen initial policy
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    fsdp = uses_fsdp(env, config.distributed)
+    model = shard_model(model, env, config.distributed)
+    if ref_model is not None and fsdp:
+        ref_model = shard_model(ref_model, env, config.distributed, trainable=False)
+    engine = make_rollout_engine(ro, model, tokenizer, model_path=config.model.path, device=env.device)
+    if fsdp and hasattr(engine.teacher, "synced_gpus"):
+        engine.teacher.synced_gpus = True  # every rank must run the same number of forward passes
+    scorer = Scorer(config.rewards)
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = config.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(o, g.max_steps))
+    stream = PromptStream(read_prompts(config.prompts), g.seed, env.rank, env.world_size)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out_dir = Path(config.output_dir)
+    history: list[dict] = []
+    model.train()
+    with MetricsWriter(out_dir, tensorboard=config.metrics.tensorboard, enabled=env.is_main) as metrics:
+        last = min(g.max_steps, stop_after_steps or g.max_steps)
+        for step in range(1, last + 1):
+            t_start = time.perf_counter()
+            kept: list[tuple[dict, list, list[float]]] = []  # (row, completions, rewards) of informative groups
+            per_fn: dict[str, list[float]] = {}
+            all_rewards: list[float] = []
+            lengths: list[int] = []
+            truncated = 0
+            zero_std_first = None
+            t_gen = t_score = 0.0
+            rounds = 0
+            spare: list[tuple[dict, list, list[float]]] = []
+            while True:
+                # Every rank generates the same number of groups per round (FSDP runs the forward
+                # passes of generate in lockstep): the most any rank still needs.
+                need = _reduce_max(groups_per_rank - len(kept), env, ro.sync_timeout_s)
+                rows = [stream.next() for _ in range(need)]
+                t0 = time.perf_counter()
+                groups = [RequestGroup(problem_id=r["problem_id"], messages=messages_for(r, config.prompts),
+                                       sampling=engine.sampling(seed=g.seed * 1_000_003 + step * 101 + rounds),
+                                       sample_indices=tuple(range(g.group_size))) for r in rows]
+                results = engine.generate(groups)
+                t_gen += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                samples = []
+                for r, comps in zip(rows, results):
+                    for c in comps:
+                        samples.append({**{k: r.get(k) for k in ("problem_id", "reference_answer", "tests", "domain")},
+                                        "completion": c.text, "finish_reason": c.finish_reason,
+                                        "completion_tokens": c.completion_tokens, "max_tokens": ro.max_completion_length})
+                scored = scorer.score(samples)
+                t_score += time.perf_counter() - t0
+                for name, vals in scored.per_function.items():
+                    per_fn.setdefault(name, []).extend(vals)
+                all_rewards.extend(scored.total)
+                for c in (c for comps in results for c in comps):
+                    lengths.append(c.completion_tokens or 0)
+                    truncated += c.finish_reason == "length"
+                rewards = torch.tensor(scored.total).view(len(rows), g.group_size)
+                flat = zero_std_groups(rewards.view(-1), g.group_size)
+                if zero_std_first is None:
+                    zero_std_first = float(flat.float().mean())
+                for i, (r, comps) in enumerate(zip(rows, results)):
+                    item = (r, comps, rewards[i].tolist())
+                    if g.dynamic_sampling and bool(flat[i]):
+                        spare.append(item)
+                    else:
+                        kept.append(item)
+                rounds += 1
+                short = _reduce_max(groups_per_rank - len(kept), env, ro.sync_timeout_s)
+                if not g.dynamic_sampling or short <= 0 or rounds > g.max_refills:
+                    break
+            # Short of informative groups after the refills: fill with flat ones (zero advantage).
+            kept = (kept + spare)[:groups_per_rank]
+            flat_kept = float(zero_std_groups(torch.tensor([x for _, _, rw in kept for x in rw]), g.group_size).float().mean())
+            rewards_kept = torch.tensor([x for _, _, rw in kept for x in rw])
+            if g.scale_rewards == "batch":  # the std of the whole batch, all ranks
+                s = _reduce(torch.tensor([rewards_kept.sum(), (rewards_kept ** 2).sum(), float(rewards_kept.numel())],
+                                         dtype=torch.float64, device=env.device), env, ro.sync_timeout_s, "reward moments").cpu()
+                mean = s[0] / s[2]
+                std = torch.sqrt((s[1] - s[2] * mean ** 2) / (s[2] - 1).clamp(min=1))
+                grouped = rewards_kept.view(-1, g.group_size)
+                adv = ((grouped - grouped.mean(1, keepdim=True)).view(-1) / (float(std) + ADV_EPS)).float()
+            else:
+                adv = group_advantages(rewards_kept, g.group_size, g.scale_rewards)
+            prompts_ids = [c.extra["prompt_ids"] for _, comps, _ in kept for c in comps]
+            comp_ids = [c.extra["completion_ids"] for _, comps, _ in kept for c in comps]
+            batch = make_batch(prompts_ids, comp_ids, adv, pad_id, env.device)
+            t0 = time.perf_counter()
+            if g.num_iterations > 1:
+                batch.old_logps = score_logps(model, batch, ro.temperature, g.micro_batch_size)
+            if ref_model is not None:
+                batch.ref_logps = score_logps(ref_model, batch, ro.temperature, g.micro_batch_size)
+            local = torch.tensor([float(len(batch)), float(batch.completion_mask.sum())], device=env.device)
+            n_seq, n_tok = _reduce(local, env, ro.sync_timeout_s, "batch sizes").tolist()
+            n_chunks = math.ceil(len(batch) / g.micro_batch_size) * env.world_size
+            totals: dict[str, float] = {}
+            grad_norm = 0.0
+            for _ in range(g.num_iterations):
+                optimizer.zero_grad(set_to_none=True)
+                totals = accumulate_gradients(
+                    model, batch, g, temperature=ro.temperature, max_completion_length=ro.max_completion_length,
+                    micro_batch_size=g.micro_batch_size, num_sequences=int(n_seq), num_tokens=n_tok, num_chunks=n_chunks,
+                    loss_scale=float(env.world_size) if fsdp else 1.0,
+                )
+                if env.distributed and not fsdp:  # strategy none: sum the ranks' gradients here
+                    _all_reduce_grads(params, env, ro.sync_timeout_s)
+                max_norm = o.max_grad_norm if o.max_grad_norm is not None else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                optimizer.step()
+            scheduler.step()
+            t_train = time.perf_counter() - t0
+            probe = engine.after_step(model)
+            sums = _reduce(torch.tensor([totals["loss"], totals["tokens"], totals["clip_low"], totals["clip_high"], totals["kl"],
+                                         totals["entropy"], sum(all_rewards), float(len(all_rewards))], dtype=torch.float64,
+                                        device=env.device), env, ro.sync_timeout_s, "step metrics").tolist()
+            elapsed = time.perf_counter() - t_start
+            # Rewards and lengths are over every completion generated this step (refills included);
+            # loss, KL, entropy and clip fractions over the trained batch.
+            row = {
+                "loss": sums[0],
+                "reward": sums[6] / max(sums[7], 1.0),  # all ranks
+                "reward_std": _std(all_rewards),  # this rank's, as the per-function breakdown below
+                **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
+                **{f"reward/{k}_std": _std(v) for k, v in per_fn.items()},
+                "completion_length": sum(lengths) / len(lengths),
+                "completion_length_max": float(max(lengths)),
+                "clipped_ratio": truncated / len(lengths),
+                "kl": sums[4] / max(sums[1], 1.0),
+                "entropy": sums[5] / max(sums[1], 1.0),
+                "clip_ratio/low": sums[2] / max(sums[1], 1.0),
+                "clip_ratio/high": sums[3] / max(sums[1], 1.0),
+                "frac_zero_std_groups": zero_std_first or 0.0,  # of the first generation round
+                "frac_zero_std_groups_kept": flat_kept,  # after dynamic sampling's refills
+                "generation_rounds": float(rounds),
+                "grad_norm": grad_norm,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": sum(lengths) * env.world_size / max(elapsed, 1e-9),  # completion tokens generated, all ranks
+                "time/generation_s": t_gen,
+                "time/scoring_s": t_score,
+                "time/training_s": t_train,
+                "step_s": elapsed,
+            }
+            if probe is not None:
+                row["sync_probe_logp_diff"] = probe
+            metrics.log(step, row)
+            history.append(row)
+            log.info("grpo step %d: reward %.3f, length %.1f, loss %.4f, %.1fs (gen %.1f, score %.1f, train %.1f)",
+                     step, row["reward"], row["completion_length"], row["loss"], elapsed, t_gen, t_score, t_train)
+    exported = None
+    if config.export_hf:
+        from .checkpoint import export_hf
+
+        exported = export_hf(model, tokenizer, out_dir / "hf", env)
+    engine.close()
+    close_distributed()
+    return {"steps": len(history), "history": history, "output_dir": str(out_dir), "exported": str(exported) if exported else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.grpo CONFIG.yaml` (or under torchrun). Exit 2 on a bad config."""
+    parser = argparse.ArgumentParser(prog="trainer.grpo", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="the recipe YAML (its header comment is the launch command)")
+    parser.add_argument("--stop-after-steps", type=int, default=None, help="stop after N steps")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = train(load_config(args.config), stop_after_steps=args.stop_after_steps)
+    except BadInput as exc:
+        log.error("%s", exc)
+        from .distributed import close_distributed
+
+        close_distributed()
+        return 2
+    last = result["history"][-1] if result["history"] else {}
+    log.info("done: %d steps, last reward %.3f, model %s", result["steps"], last.get("reward", float("nan")), result["exported"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
