@@ -15,9 +15,8 @@ Not covered: config inheritance between files and command-line overrides (edit t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Literal, Optional, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from storage.errors import BadInput
@@ -164,21 +163,11 @@ def describe_errors(exc: ValidationError, where: str) -> str:
 
 
 def load_yaml(path: str | Path, model: type[C]) -> C:
-    """Read a YAML config into `model`; a missing file, bad YAML or a bad field is a BadInput."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: no such config file")
-    try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise BadInput(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
-    return validate(raw, model, str(path))
+    """Read a YAML config into `model`; a missing file, bad YAML or a bad field is a BadInput
+    naming the file, the line of the bad key and its dotted path (the recipes' loader)."""
+    from factory.yaml_config import load_yaml_model
+
+    return load_yaml_model(path, model, what="config")
 
 
 def validate(raw: dict, model: type[C], where: str = "config") -> C:

@@ -24,13 +24,13 @@ def test_load_config_names_the_file_the_key_path_and_what_was_expected(tmp_path)
     with pytest.raises(BadInput) as exc:
         sft.load_config(bad)
     msg = str(exc.value)
-    assert f"{bad}: data.max_length: Input should be a valid integer" in msg
-    assert f"{bad}: loop.bogus: Extra inputs are not permitted" in msg
+    assert f"{bad}:3: data.max_length: Input should be a valid integer" in msg
+    assert f"{bad}:6: loop.bogus: Extra inputs are not permitted" in msg
     (tmp_path / "nodata.yaml").write_text("output_dir: x\n")
-    with pytest.raises(BadInput, match="nodata.yaml: data: Field required"):
+    with pytest.raises(BadInput, match="nodata.yaml:1: data: Field required"):
         sft.load_config(tmp_path / "nodata.yaml")
     (tmp_path / "yaml.yaml").write_text("data: [\n")
-    with pytest.raises(BadInput, match="yaml.yaml line 2: not valid YAML"):
+    with pytest.raises(BadInput, match="yaml.yaml:2: not valid YAML"):
         sft.load_config(tmp_path / "yaml.yaml")
     with pytest.raises(BadInput, match="no such config file"):
         sft.load_config(tmp_path / "absent.yaml")
