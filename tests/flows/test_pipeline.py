@@ -130,6 +130,14 @@ def test_flow_end_to_end_dataset_and_funnel(prefect_api, server, tmp_path):
     sent = request_keys(server)
     assert len(sent) == 6 and set(sent.values()) == {1}  # one request per clean problem
 
+    # The funnel is also a Prefect artifact beside the run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["funnel-flowtest"])))
+    assert arts and "| dataset | dataset | 5 |" in arts[0].data and "| problems | questions | 6 |" in arts[0].data
+
     # A rerun resumes: nothing is sent again, the dataset version is unchanged.
     again = factory_run(str(recipe), store=str(store))
     assert request_keys(server) == sent
