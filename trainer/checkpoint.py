@@ -8,7 +8,7 @@
 A checkpoint `step-N/` holds the model and optimizer as a torch.distributed.checkpoint (DCP)
 directory (each rank writes its own shards, so an FSDP2 32B model never gathers on one rank),
 `trainer_state.json` (step, data position, metrics so far, the scheduler), `rng-rank{R}.pt`
-(python, torch CPU and CUDA generator states of each rank) and, last, an empty `COMPLETE`
+(python, numpy, torch CPU and CUDA generator states of each rank) and, last, an empty `COMPLETE`
 marker: a checkpoint without it (a killed save) is ignored. Resuming restores all of them, so
 the loss curve after resume is the uninterrupted one.
 
@@ -68,6 +68,12 @@ def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    try:  # numpy's global generator too (older checkpoints lack it: then it is left as it is)
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy comes with the train extra
+        pass
     return state
 
 
@@ -76,6 +82,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
 
 
 def save_checkpoint(

@@ -46,9 +46,28 @@ Log-probs are computed the way TRL computes them: one forward over [left-padded 
 completion] with the attention mask and default position ids (with RoPE a constant shift of
 positions under left padding changes nothing but rounding).
 
+Checkpoints and exact resume (the `checkpoint` section, the same keys as SFT's, through
+trainer/checkpoint.py; `python -m trainer.grpo CFG --stop-after-steps N` or a killed run, then
+the same command again): every `checkpoint.every_steps` steps, when stopped early and at the end,
+`<output_dir>/checkpoints/step-N` holds the policy and AdamW state (DCP), the scheduler, each
+rank's torch/python/numpy RNG, each rank's prompt-stream position (its shuffle RNG and the rest of
+the epoch's order: refills consume a varying number of prompts, so the step alone does not say
+where it is) and the engine's sync count (the probe schedule); with `checkpoint.store` it is
+mirrored to the lake's artifact store. A rerun resumes from the newest complete one (local, else
+the store), drops metrics.csv rows past it and continues the curve: the resumed run's per-step
+loss, rewards and final weights equal the uninterrupted run's (tests/trainer/test_grpo_resume.py).
+What needs no saving: rollout sampling is seeded by (grpo.seed, step, round, problem, sample), not
+by a global generator; dynamic sampling keeps nothing across steps (unused groups are dropped at
+the end of each step); the reward cache only saves time (rewards are pure functions of the
+sample, so a cold cache gives the same values); the reference model is the frozen initial policy,
+rebuilt from `model` on resume and checked against a fingerprint stored in the checkpoint (a
+changed `model.path` or `init_seed` is an error, not a silently different KL). A vLLM engine gets
+the resumed weights through its weight sync before the first rollout.
+
 Not covered: sequence-level importance sampling (GSPO), CISPO/SAPO losses, vLLM's importance
-sampling correction, an entropy bonus; mid-run checkpoints and resume (the model is exported at
-the end); the reference model is a frozen copy of the initial policy (no periodic sync).
+sampling correction, an entropy bonus; the reference model is a frozen copy of the initial policy
+(no periodic sync); resuming on a different world size (each rank's prompt stream is saved for
+that rank); code rewards whose sandbox verdict depends on timing (a timeout) may differ on resume.
 """
 
 from __future__ import annotations
@@ -72,7 +91,15 @@ from factory.records import problem_id as hash_problem
 from factory.teachers.base import RequestGroup
 from storage.errors import BadInput
 
+from .checkpoint import (
+    export_hf,
+    find_resume_point,
+    load_checkpoint,
+    save_checkpoint,
+    upload_checkpoint,
+)
 from .config import (
+    CheckpointConfig,
     DistributedConfig,
     MetricsConfig,
     ModelConfig,
@@ -296,8 +323,9 @@ class Config(Section):
     optim: OptimConfig = OptimConfig(lr=1e-6, schedule="constant", warmup_steps=0)
     distributed: DistributedConfig = DistributedConfig()
     metrics: MetricsConfig = MetricsConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()  # every_steps, resume, keep_last, store, prefix, export_hf
     output_dir: str = "runs/grpo"
-    export_hf: bool = True
+    export_hf: bool = True  # the older spelling of checkpoint.export_hf: either false skips the export
 
 
 def load_config(path: str | Path) -> Config:
@@ -368,6 +396,20 @@ class PromptStream:
             self.order = list(range(len(self.rows)))
             self.rng.shuffle(self.order)
         return self.rows[self.order.pop()]
+
+    def state(self) -> dict:
+        """Where the stream is (JSON-able): the shuffle RNG and what is left of this epoch's order."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self.order), "rows": len(self.rows)}
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()`; BadInput when the prompts are not the ones it was taken over."""
+        if state.get("rows") != len(self.rows) or any(not 0 <= i < len(self.rows) for i in state["order"]):
+            raise BadInput(f"checkpoint: the prompt stream was saved over {state.get('rows')} prompts, this run has "
+                           f"{len(self.rows)}: expected the same prompts config to resume (or checkpoint.resume: false)")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
 
 
 # -- a generation batch as tensors --------------------------------------------------------------
@@ -499,33 +541,57 @@ def _std(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def _fingerprint(model) -> list[float]:
+    """(sum, sum of squares, count) of a model's parameters in float64: a cheap check that the
+    reference model rebuilt on resume is the one the run started with. Call before sharding."""
+    total = sq = n = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            d = p.detach().double()
+            total += float(d.sum())
+            sq += float((d * d).sum())
+            n += d.numel()
+    return [total, sq, n]
+
+
+def _gather_objects(obj, env, timeout_s: float) -> list:
+    """Every rank's `obj`, in rank order, on every rank (under the collective deadline)."""
+    if not env.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    box: list = [None] * env.world_size
+    run_with_timeout(lambda: dist.all_gather_object(box, obj), timeout_s, "all-gather of the prompt streams")
+    return box
+
+
 def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
-    """Run GRPO as `config` says; returns the per-step metrics and where the model went.
-    `stop_after_steps`: end early (GRPO has no mid-run checkpoint to resume from yet: the model
-    is exported as it is)."""
+    """Run GRPO as `config` says, resuming from the newest checkpoint when there is one (and
+    `checkpoint.resume`); returns the metrics of the steps this call ran and where the model went.
+    `stop_after_steps`: stop after that step (counted from the run's start, resumed steps
+    included), with a checkpoint to resume from."""
     from .distributed import close_distributed, init_distributed, shard_model, uses_fsdp
     from .metrics import MetricsWriter
     from .model import build_model, load_tokenizer
 
     env = init_distributed(config.distributed)
-    g, ro = config.grpo, config.rollout
+    g, ro, ck = config.grpo, config.rollout, config.checkpoint
     torch.manual_seed(g.seed)
+    random.seed(g.seed + env.rank)
     if g.prompts_per_step % env.world_size:
         raise BadInput(f"grpo.prompts_per_step {g.prompts_per_step}: expected a multiple of the world size {env.world_size}")
     groups_per_rank = g.prompts_per_step // env.world_size
     tokenizer = load_tokenizer(config.model.tokenizer_path())
     model = build_model(config.model, tokenizer, env.device)
-    ref_model = None
-    if g.beta != 0.0:  # the frozen initial policy
+    ref_model = ref_print = None
+    if g.beta != 0.0:  # the frozen initial policy (rebuilt, not checkpointed: it never changes)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        ref_print = _fingerprint(ref_model)
     fsdp = uses_fsdp(env, config.distributed)
     model = shard_model(model, env, config.distributed)
     if ref_model is not None and fsdp:
         ref_model = shard_model(ref_model, env, config.distributed, trainable=False)
-    engine = make_rollout_engine(ro, model, tokenizer, model_path=config.model.path, device=env.device)
-    if fsdp and hasattr(engine.teacher, "synced_gpus"):
-        engine.teacher.synced_gpus = True  # every rank must run the same number of forward passes
-    scorer = Scorer(config.rewards)
+    scorer = Scorer(config.rewards)  # its cache is not checkpointed: rewards are pure functions of the sample
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -533,11 +599,45 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
     stream = PromptStream(read_prompts(config.prompts), g.seed, env.rank, env.world_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out_dir = Path(config.output_dir)
+    ckpt_root = out_dir / "checkpoints"
+    prefix = ck.prefix or f"checkpoints/{out_dir.name}"
+    start = 0
+    resumed_from = None
+    if ck.resume:
+        path = find_resume_point(ckpt_root, ck.store, prefix, env)
+        if path is not None:
+            state = load_checkpoint(path, model, optimizer, scheduler, env)
+            start, resumed_from = int(state["step"]), str(path)
+            saved_print = state.get("reference_fingerprint")
+            if ref_print is not None and saved_print is not None and not all(
+                    math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in zip(ref_print, saved_print)):
+                raise BadInput(f"checkpoint {path}: the reference model rebuilt from `model` differs from the run's initial "
+                               "policy: expected the same model.path / init_seed as when the run started")
+            streams = state.get("prompt_streams")
+            if not streams:
+                raise BadInput(f"checkpoint {path}: no prompt-stream state: expected a checkpoint written by trainer.grpo "
+                               "(another recipe's output_dir?), or checkpoint.resume: false")
+            if len(streams) != env.world_size:
+                raise BadInput(f"checkpoint {path}: saved by {len(streams)} rank(s), resumed on {env.world_size}: "
+                               "expected the same world size (each rank's prompt stream is saved)")
+            stream.restore(streams[env.rank])
+            saved_grpo = state.get("grpo") or {}
+            now = {**g.model_dump(mode="json"), "max_steps": saved_grpo.get("max_steps")}
+            if saved_grpo and saved_grpo != now:
+                log.warning("%s: the grpo section differs from the checkpointed run's; the resumed curve will not be the "
+                            "uninterrupted one", path)
+    engine = make_rollout_engine(ro, model, tokenizer, model_path=config.model.path, device=env.device)
+    if fsdp and hasattr(engine.teacher, "synced_gpus"):
+        engine.teacher.synced_gpus = True  # every rank must run the same number of forward passes
+    if start:  # an engine with its own copy of the weights (vLLM) loaded model.path: give it the resumed ones
+        run_with_timeout(lambda: engine.sync_weights(model), ro.sync_timeout_s, "weight sync")
+        engine.syncs = start  # one sync per step: the probe stays on its schedule
     history: list[dict] = []
+    last = min(g.max_steps, stop_after_steps or g.max_steps)
+    done = start
     model.train()
-    with MetricsWriter(out_dir, tensorboard=config.metrics.tensorboard, enabled=env.is_main) as metrics:
-        last = min(g.max_steps, stop_after_steps or g.max_steps)
-        for step in range(1, last + 1):
+    with MetricsWriter(out_dir, tensorboard=config.metrics.tensorboard, enabled=env.is_main, resume_step=start) as metrics:
+        for step in range(start + 1, last + 1):
             t_start = time.perf_counter()
             kept: list[tuple[dict, list, list[float]]] = []  # (row, completions, rewards) of informative groups
             per_fn: dict[str, list[float]] = {}
@@ -665,21 +765,31 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
             history.append(row)
             log.info("grpo step %d: reward %.3f, length %.1f, loss %.4f, %.1fs (gen %.1f, score %.1f, train %.1f)",
                      step, row["reward"], row["completion_length"], row["loss"], elapsed, t_gen, t_score, t_train)
+            done = step
+            # After the metrics row: a run killed before COMPLETE resumes from the previous
+            # checkpoint, and the writer then drops this step's row (no duplicate steps).
+            if (ck.every_steps and step % ck.every_steps == 0) or step == last:
+                streams = _gather_objects(stream.state(), env, ro.sync_timeout_s)
+                state = {"total_steps": g.max_steps, "metrics": row, "prompt_streams": streams,
+                         "grpo": g.model_dump(mode="json"), "reference_fingerprint": ref_print}
+                path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, env, keep_last=ck.keep_last)
+                if ck.store and env.is_main:
+                    upload_checkpoint(path, ck.store, prefix)
     exported = None
-    if config.export_hf:
-        from .checkpoint import export_hf
-
+    if config.export_hf and ck.export_hf:
         exported = export_hf(model, tokenizer, out_dir / "hf", env)
     engine.close()
     close_distributed()
-    return {"steps": len(history), "history": history, "output_dir": str(out_dir), "exported": str(exported) if exported else None}
+    return {"steps": len(history), "step": done, "stopped_early": done < g.max_steps, "resumed_from": resumed_from,
+            "history": history, "output_dir": str(out_dir), "exported": str(exported) if exported else None}
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m trainer.grpo CONFIG.yaml` (or under torchrun). Exit 2 on a bad config."""
     parser = argparse.ArgumentParser(prog="trainer.grpo", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="the recipe YAML (its header comment is the launch command)")
-    parser.add_argument("--stop-after-steps", type=int, default=None, help="stop after N steps")
+    parser.add_argument("--stop-after-steps", type=int, default=None,
+                        help="stop and checkpoint after step N (a preemption drill; resume by running again)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
