@@ -115,6 +115,10 @@ class LoopConfig(Section):
     batch_size: int = 8
     micro_batch_size: int = 1
     seed: int = 0  # data order and sampling
+    # LM head + loss over at most this many supervised tokens at a time (forward and backward),
+    # so [tokens, vocab] logits never exist whole: 152k vocab x 16k tokens is ~10 GB in fp32.
+    # 0: the whole micro-batch at once (the reference path; faster for small vocab x length).
+    loss_chunk_tokens: int = Field(4096, ge=0)
 
 
 class CheckpointConfig(Section):

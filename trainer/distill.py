@@ -21,6 +21,12 @@ Modes (`kd.mode`):
   supervised tokens (the assistant turn through its end-of-turn token), as a teacher backend
   that returns top-k log-probs produces them. Loss: cross-entropy against the renormalised top-k.
 
+Memory: with `loop.loss_chunk_tokens` (default 4096) the student's and the teacher's LM heads
+and the divergence run over that many supervised tokens at a time (trainer/losses.py
+`chunked_head_loss`): the teacher's forward stops at its final hidden states, and each chunk's
+teacher logits are made from them inside the teacher's forward (where FSDP2 holds its gathered
+head), next to the student's chunk; neither [tokens, vocab] tensor exists whole.
+
 Not covered: teachers with a different tokenizer (cross-tokenizer KD, ULD); caching teacher
 logits to disk; speculative sampling for the on-policy part.
 """
@@ -42,11 +48,11 @@ from .config import ModelConfig, Section, load_yaml
 from .data import IGNORE, Example
 from .distributed import DistEnv, init_distributed, shard_model
 from .loop import LossOut, fit
-from .losses import kd_divergence, sparse_kd, token_nll, weighted_sum
+from .losses import chunked_head_loss, kd_divergence, sparse_kd, token_nll, weighted_sum
 from .model import build_model
 from .packing import Batch, collate
 from .sft import Config as SFTConfig
-from .sft import forward_logits, prepare, run_main, sft_loss, supervised_positions
+from .sft import forward_hidden, forward_logits, make_sft_loss, prepare, run_main, supervised_positions, supervised_rows
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +169,7 @@ def topk_tensors(batch: Batch, rows: list[list[Example]]) -> tuple[torch.Tensor,
 def make_kd_loss(config: Config, teacher, tokenizer, env: DistEnv):
     kd = config.kd
     vocab = len(tokenizer)
+    chunk_tokens = config.loop.loss_chunk_tokens
 
     def loss(model, batch: Batch, doc_weights: torch.Tensor, rows: list[list[Example]], step: int) -> LossOut:
         denominator = None
@@ -177,11 +184,15 @@ def make_kd_loss(config: Config, teacher, tokenizer, env: DistEnv):
                 doc_weights = torch.ones(len(made), device=env.device)
                 denominator = float(sum(e.n_supervised for e in made))
             ce_w = 0.0
+        flags = {"on_policy": float(denominator is not None)} if kd.on_policy_fraction else {}
+        if chunk_tokens:
+            total, metrics = chunked_kd(model, batch, doc_weights, rows, ce_w)
+            return LossOut(total, metrics, denominator, flags)
         keep = supervised_positions(batch)
         labels, doc_ids = batch.labels[:, keep], batch.doc_ids[:, keep]
         logits = forward_logits(model, batch, keep)[..., :vocab]
         sel = doc_ids >= 0
-        div = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+        div = torch.zeros(labels.shape, dtype=torch.promote_types(logits.dtype, torch.float32), device=logits.device)
         if kd.mode == "logits":
             with torch.no_grad():
                 t_logits = forward_logits(teacher, batch, keep)[..., :vocab]
@@ -197,8 +208,48 @@ def make_kd_loss(config: Config, teacher, tokenizer, env: DistEnv):
             ce_sum = weighted_sum(token_nll(logits, labels), doc_ids, doc_weights)
             total = total + ce_w * ce_sum
             metrics["ce"] = float(ce_sum.detach())
-        flags = {"on_policy": float(denominator is not None)} if kd.on_policy_fraction else {}
         return LossOut(total, metrics, denominator, flags)
+
+    def chunked_kd(model, batch: Batch, doc_weights: torch.Tensor, rows: list[list[Example]], ce_w: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """The same weighted sum as the unchunked path, over `chunk_tokens` supervised tokens at a time."""
+        hidden, anchor, _ = forward_hidden(model, batch)
+        sel, h, labels, weights = supervised_rows(batch, hidden, doc_weights)
+        head = model.get_output_embeddings()
+        sums: dict[str, float] = {}
+
+        def per_chunk_with(teacher_logits):
+            def per_chunk(logits: torch.Tensor, start: int, end: int):
+                logits = logits[..., :vocab]
+                if kd.mode == "logits":
+                    div = kd_divergence(logits, teacher_logits(start, end)[..., :vocab], kd.loss, kd.beta, kd.temperature)
+                else:
+                    div = sparse_kd(logits, ids[start:end], lps[start:end], kd.temperature, kd.topk_renormalize)
+                objective, extra = (1.0 - ce_w) * div, {"kd": div}
+                if ce_w > 0:
+                    nll = token_nll(logits, labels[start:end])
+                    objective, extra["ce"] = objective + ce_w * nll, nll
+                return objective, extra
+
+            return per_chunk
+
+        if kd.mode == "logits":
+
+            def run(t_hidden: torch.Tensor, t_head: torch.nn.Module) -> torch.Tensor:
+                t_h = t_hidden[sel].detach()
+
+                def teacher_logits(start: int, end: int) -> torch.Tensor:
+                    with torch.no_grad():
+                        return t_head(t_h[start:end])
+
+                return chunked_head_loss(h, head, weights, per_chunk_with(teacher_logits), chunk_tokens, sums)
+
+            with torch.no_grad():
+                _, _, total = forward_hidden(teacher, batch, run=run)
+        else:
+            all_ids, all_lps = topk_tensors(batch, rows)
+            ids, lps = all_ids[sel.cpu()].to(h.device), all_lps[sel.cpu()].to(h.device)
+            total = chunked_head_loss(h, head, weights, per_chunk_with(None), chunk_tokens, sums)
+        return total + anchor, sums
 
     return loss
 
@@ -209,7 +260,7 @@ def train(config: Config, *, stop_after_steps: Optional[int] = None) -> dict[str
     tokenizer, examples, stats = prepare(config, env)
     model = shard_model(build_model(config.model, tokenizer, env.device), env, config.distributed)
     if config.kd.mode == "sequence":
-        loss = sft_loss
+        loss = make_sft_loss(config.loop.loss_chunk_tokens)
     else:
         teacher = None
         if config.kd.mode == "logits":

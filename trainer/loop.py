@@ -7,7 +7,9 @@ normalised loss, AdamW + schedule, clipping, metrics, checkpoints, resume, expor
 `checkpoint`, `distributed`, `metrics` (trainer/config.py). `compute_loss(model, batch,
 doc_weights, rows)` returns a `LossOut`: the weighted *sum* of per-token losses of the
 micro-batch (the loop divides by the step's global denominator, so 1 process with accumulation
-and N processes give the same gradient), plus sums of any extra metrics.
+and N processes give the same gradient), plus sums of any extra metrics. The recipes' losses
+run the LM head over `loop.loss_chunk_tokens` supervised tokens at a time (trainer/losses.py
+`chunked_head_loss`), so a long micro-batch never holds its whole [tokens, vocab] logits.
 
 Why the gradient is multiplied by the world size: FSDP2 averages gradients over ranks, and our
 loss is already divided by the global denominator, so the average must be undone to get the

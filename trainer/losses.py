@@ -18,13 +18,29 @@ Divergences (p_t teacher, p_s student, over the vocabulary, at temperature `temp
 - sparse top-k KD: cross-entropy of the student against the teacher's top-k distribution
   (renormalised over the k ids), i.e. forward KL on the teacher's support up to a constant.
 
-Not covered: chunked logits (the [tokens, vocab] logits are materialised; for 150k-vocab
-students at long context, micro-batch smaller); teacher/student vocabularies that differ.
+Chunked LM head (`chunked_head_loss`): for 150k-vocab students at 16-32k tokens the
+[tokens, vocab] logits are the memory peak (~10 GB per sequence in fp32, twice that and more for
+KD), so the recipes (`loop.loss_chunk_tokens`) take the final hidden states of the supervised
+tokens, and run the LM head + loss over `chunk_tokens` of them at a time. The gradients of each
+chunk (w.r.t. the hidden states and the head's parameters) are taken in the forward pass, right
+after the chunk's loss, and the chunk's logits are freed; the backward only scales the stored
+gradients by the incoming one. So neither pass holds more than one chunk's logits (plus the
+head's [vocab, hidden] gradient, which any backward makes), the head runs once per token (no
+recomputation), and the teacher's logits are needed only during the forward. It is exact:
+the same per-token values and weights, summed in a different order.
+
+    total = chunked_head_loss(hidden, head, token_weights, per_chunk, chunk_tokens=4096)
+    # hidden [N, H]; per_chunk(logits [n, V], start, end) -> (per-token objective [n], {name: [n]})
+
+Not covered: teacher/student vocabularies that differ; double backward through the chunked
+head (its backward is not itself differentiable); models that change the logits after the LM
+head (Gemma-2 soft-capping, Granite's logit scaling: the head module is called as it is).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +48,15 @@ import torch.nn.functional as F
 from .data import IGNORE
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16/fp16 logits are upcast for the softmax; float64 stays float64, which
+    the exactness tests use to see past fp32 rounding)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood (fp32), 0 where labels == IGNORE."""
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
+    flat = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
     return flat.view(labels.shape)
 
 
@@ -48,15 +70,15 @@ def weighted_sum(per_token: torch.Tensor, doc_ids: torch.Tensor, doc_weights: to
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_t || p_s) per position."""
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
     return (t.exp() * (t - s)).sum(-1)
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_s || p_t) per position."""
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
     return (s.exp() * (s - t)).sum(-1)
 
 
@@ -68,8 +90,8 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         return forward_kl(student_logits, teacher_logits, temperature)
     if beta == 1.0:
         return reverse_kl(student_logits, teacher_logits, temperature)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
     m = torch.logaddexp(t + math.log(beta), s + math.log(1.0 - beta))  # log of the mixture, stably
     kl_t = (t.exp() * (t - m)).sum(-1)
     kl_s = (s.exp() * (s - m)).sum(-1)
@@ -90,11 +112,79 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ki
 def sparse_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0, renormalize: bool = True) -> torch.Tensor:
     """-sum_k q_k log p_s(id_k) per position, q = the teacher's top-k probabilities (renormalised
     to sum to 1 unless `renormalize` is False). Positions whose ids are all -1 give 0."""
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
     valid = topk_ids >= 0
-    q = topk_logprobs.float().masked_fill(~valid, float("-inf"))
+    q = upcast(topk_logprobs).masked_fill(~valid, float("-inf"))
     if renormalize:
         q = torch.log_softmax(q, dim=-1)
     q = torch.nan_to_num(q.exp(), nan=0.0)
     picked = torch.gather(s, -1, topk_ids.clamp(min=0))
     return -(q * picked.masked_fill(~valid, 0.0)).sum(-1)
+
+
+# per_chunk(logits of rows start:end, start, end) -> (per-token objective, {metric: per-token values})
+ChunkFn = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """sum_i w_i * objective_i over rows of `hidden`, chunk by chunk, gradients taken in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, token_weights, head, per_chunk, chunk, metrics, need_grad, *params):
+        n = hidden.shape[0]
+        acc_dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32 sums, float64 kept
+        total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
+        grad_h = torch.zeros_like(hidden) if need_grad else None
+        grad_p = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params] if need_grad else []
+        for start in range(0, n, chunk):
+            end = min(n, start + chunk)
+            with torch.set_grad_enabled(need_grad):
+                h = hidden[start:end].detach().requires_grad_(need_grad)
+                objective, extra = per_chunk(head(h), start, end)
+                w = token_weights[start:end]
+                part = (objective * w).sum()
+            if need_grad:
+                grads = torch.autograd.grad(part, [h, *params], allow_unused=True)
+                grad_h[start:end] = grads[0]
+                for acc, g in zip(grad_p, grads[1:]):
+                    if g is not None:
+                        acc += g
+            total += part.detach().to(acc_dtype)
+            for name, values in extra.items():
+                metrics[name] = metrics.get(name, 0.0) + float((values.detach() * w).sum())
+            del h, objective, extra, part  # the chunk's logits go with them
+        ctx.grads = (grad_h, grad_p)
+        ctx.param_dtypes = [p.dtype for p in params]
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_p = ctx.grads
+        ctx.grads = None  # once: the stored gradients are consumed in place
+        if grad_h is None:
+            return (None,) * (7 + len(ctx.param_dtypes))
+        g = grad_out.to(grad_h.dtype)
+        out_p = [acc.mul_(grad_out).to(dt) for acc, dt in zip(grad_p, ctx.param_dtypes)]
+        return (grad_h.mul_(g), None, None, None, None, None, None, *out_p)
+
+
+def chunked_head_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    token_weights: torch.Tensor,
+    per_chunk: ChunkFn,
+    chunk_tokens: int,
+    metrics: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """sum_i token_weights[i] * objective_i, objective = per_chunk(head(hidden[s:e]), s, e)[0],
+    with head(...) run on at most `chunk_tokens` rows at a time in forward and none in backward
+    (see the module docstring). hidden: [N, H] (the supervised tokens' final hidden states);
+    token_weights: [N] (a document's weight per token). `metrics` (if given) receives the
+    weighted sums of per_chunk's extra per-token values. Gradients flow to `hidden` and to the
+    head's trainable parameters."""
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens {chunk_tokens}: expected >= 1")
+    params = [p for p in head.parameters() if p.requires_grad]
+    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or bool(params))
+    weights = token_weights.to(hidden.device, torch.float32)
+    return _ChunkedHead.apply(hidden, weights, head, per_chunk, chunk_tokens, metrics if metrics is not None else {}, need_grad, *params)

@@ -12,6 +12,8 @@ Steps: read rows (trainer/data.py) -> tokenise with the student's chat template,
 assistant turn -> best-fit-decreasing packing (trainer/packing.py) -> FSDP2 when world > 1
 (trainer/distributed.py) -> the shared loop (trainer/loop.py): token- or sequence-weighted
 cross-entropy normalised over the global step, AdamW, checkpoints, metrics, HF export.
+The LM head and the cross-entropy run over `loop.loss_chunk_tokens` supervised tokens at a time
+(trainer/losses.py `chunked_head_loss`), so the [tokens, vocab] logits never exist whole.
 
 Not covered: multi-turn supervision of every assistant turn, NEFTune noise, packing across
 epochs (each epoch is packed and shuffled on its own).
@@ -31,7 +33,7 @@ from .config import CheckpointConfig, DataConfig, DistributedConfig, LoopConfig,
 from .data import Example, read_rows, tokenize_rows
 from .distributed import close_distributed, init_distributed, shard_model
 from .loop import LossOut, fit
-from .losses import token_nll, weighted_sum
+from .losses import chunked_head_loss, token_nll, weighted_sum
 from .model import build_model, load_tokenizer
 from .packing import Batch
 
@@ -72,11 +74,75 @@ def supervised_positions(batch: Batch) -> torch.Tensor:
     return (batch.doc_ids >= 0).any(0).nonzero().squeeze(1)
 
 
+def forward_hidden(model: torch.nn.Module, batch: Batch, run=None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(final hidden states [rows, T, H] as the LM head receives them, anchor, run's result) of a
+    packed batch, the LM head itself run on no position. A forward pre-hook on the output
+    embeddings takes the head's input and hands it an empty slice, so this works for any causal
+    LM (through peft too) without knowing where its final norm sits.
+
+    `run(hidden, head)`, if given, is called inside the hook, i.e. while the model's forward is
+    running: under FSDP2 the root's parameters (the head's weight among them) are gathered then,
+    which is why the distillation loss is computed inside the teacher's forward. `anchor` is a
+    zero scalar tied to the model's output: adding it to the loss makes the backward pass
+    through the output, as FSDP2's backward hooks expect."""
+    head = model.get_output_embeddings()
+    box: dict[str, Any] = {"busy": False}
+
+    def take(module, args):
+        if box["busy"]:  # `run` calling the head itself
+            return None
+        hidden = args[0]
+        box["hidden"] = hidden
+        if run is not None:
+            box["busy"] = True
+            try:
+                with torch.enable_grad():
+                    box["result"] = run(hidden, module)
+            finally:
+                box["busy"] = False
+        return (hidden[..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(take)
+    try:
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+    finally:
+        handle.remove()
+    return box["hidden"], logits.sum(), box.get("result")
+
+
+def supervised_rows(batch: Batch, hidden: torch.Tensor, doc_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask [rows, T], hidden [N, H], labels [N], weights [N]) of the N supervised tokens of a
+    batch, packed rows flattened: each token weighs what its document does (as weighted_sum)."""
+    sel = batch.doc_ids >= 0
+    weights = doc_weights.to(hidden.device, torch.float32)[batch.doc_ids[sel]]
+    return sel, hidden[sel], batch.labels[sel], weights
+
+
 def sft_loss(model: torch.nn.Module, batch: Batch, doc_weights: torch.Tensor, rows: list[list[Example]], step: int) -> LossOut:
-    """Weighted cross-entropy sum over the micro-batch's assistant tokens."""
+    """Weighted cross-entropy sum over the micro-batch's assistant tokens, all logits at once
+    (the reference the chunked loss is tested against; `loop.loss_chunk_tokens: 0`)."""
     keep = supervised_positions(batch)
     nll = token_nll(forward_logits(model, batch, keep), batch.labels[:, keep])
     return LossOut(weighted_sum(nll, batch.doc_ids[:, keep], doc_weights))
+
+
+def make_sft_loss(chunk_tokens: int):
+    """The SFT loss: `sft_loss` when chunk_tokens is 0, else the same sum with the LM head and
+    cross-entropy over `chunk_tokens` supervised tokens at a time."""
+    if not chunk_tokens:
+        return sft_loss
+
+    def chunked_sft_loss(model: torch.nn.Module, batch: Batch, doc_weights: torch.Tensor, rows: list[list[Example]], step: int) -> LossOut:
+        hidden, anchor, _ = forward_hidden(model, batch)
+        _, h, labels, weights = supervised_rows(batch, hidden, doc_weights)
+
+        def per_chunk(logits: torch.Tensor, start: int, end: int):
+            return token_nll(logits, labels[start:end]), {}
+
+        total = chunked_head_loss(h, model.get_output_embeddings(), weights, per_chunk, chunk_tokens)
+        return LossOut(total + anchor)
+
+    return chunked_sft_loss
 
 
 def prepare(config: Any, env) -> tuple[Any, list[Example], Any]:
@@ -96,7 +162,8 @@ def train(config: Config, *, stop_after_steps: Optional[int] = None) -> dict[str
     tokenizer, examples, stats = prepare(config, env)
     model = build_model(config.model, tokenizer, env.device)
     model = shard_model(model, env, config.distributed)
-    result = fit(config, env, model, tokenizer, examples, sft_loss, stop_after_steps=stop_after_steps)
+    loss = make_sft_loss(config.loop.loss_chunk_tokens)
+    result = fit(config, env, model, tokenizer, examples, loss, stop_after_steps=stop_after_steps)
     result["examples"] = stats.examples
     result["dropped_too_long"] = stats.dropped_too_long
     return result

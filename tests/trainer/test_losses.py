@@ -135,3 +135,37 @@ def test_token_and_sequence_weighting():
     seq = weighted_sum(nll, doc_ids, torch.tensor([1.0, 1 / 3])) / 2
     assert token.item() == pytest.approx((easy + 3 * math.log(4)) / 4, abs=1e-6)
     assert seq.item() == pytest.approx((easy + math.log(4)) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 100])
+def test_chunked_head_loss_equals_the_whole_head_sum_and_its_gradients(chunk):
+    """A small linear head with a bias over 5 tokens: the chunked weighted sum, its metrics and
+    the gradients of the hidden states, the weight and the bias equal plain autograd's."""
+    from trainer.losses import chunked_head_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 7)
+    hidden = torch.randn(5, 4, requires_grad=True)
+    labels = torch.tensor([1, 0, 6, 3, 2])
+    teacher = torch.randn(5, 7)
+    weights = torch.tensor([1.0, 0.5, 0.5, 2.0, 1.0])
+
+    def per_chunk(logits, s, e):
+        div = forward_kl(logits, teacher[s:e])
+        nll = token_nll(logits, labels[s:e])
+        return 0.7 * div + 0.3 * nll, {"kd": div}
+
+    want = (per_chunk(head(hidden), 0, 5)[0] * weights).sum()
+    want_kd = float((forward_kl(head(hidden), teacher) * weights).sum().detach())
+    want_grads = torch.autograd.grad(want, [hidden, head.weight, head.bias])
+    metrics: dict = {}
+    got = chunked_head_loss(hidden, head, weights, per_chunk, chunk, metrics)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert metrics["kd"] == pytest.approx(want_kd, rel=1e-6)
+    (2.5 * got).backward()  # the incoming gradient scales the stored ones
+    for g, w in zip([hidden.grad, head.weight.grad, head.bias.grad], want_grads):
+        assert torch.allclose(g, 2.5 * w, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # evaluation: the same value, no gradients taken
+        assert chunked_head_loss(hidden, head, weights, per_chunk, chunk).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="chunk_tokens 0: expected >= 1"):
+        chunked_head_loss(hidden, head, weights, per_chunk, 0)
