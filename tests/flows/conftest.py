@@ -1,6 +1,10 @@
-"""Prefect's test harness, started once for the flow tests (a temporary server on 127.0.0.1)."""
+"""Fixtures of the flow tests: Prefect's test harness (a temporary server on 127.0.0.1, started
+once) and `cli`, the factory command in-process against a store in the test's folder."""
 
 import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +15,15 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("FACTORY_CATALOG", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke

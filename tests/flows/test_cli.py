@@ -8,26 +8,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
 from storage import Lake
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 GSM8K = DATA / "math" / "gsm8k_test.jsonl"
 needs_data = pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data is not beside this checkout")
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACTORY_STORE", str(tmp_path / "store"))
-    monkeypatch.delenv("FACTORY_CATALOG", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 @pytest.fixture

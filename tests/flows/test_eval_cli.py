@@ -12,28 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import tests.teacher_server as teacher_server
 from factory.benchmarks import get, load
-from flows.cli import app
 from storage import Lake
 from tests.teacher_server import TeacherServer
 from trainer.evaluate import compare, pivot
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACTORY_STORE", str(tmp_path / "store"))
-    monkeypatch.delenv("FACTORY_CATALOG", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 # Five GSM8K problems, four samples each; "g" is the reference answer, None a completion with no
