@@ -4,6 +4,7 @@ and SIGKILL at several points followed by a rerun."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -256,3 +257,42 @@ def test_sigkill_then_rerun_equals_uninterrupted(prefect_api, tmp_path, table, n
         sent = request_keys(server)
     assert got == want
     assert len(sent) == 24 and set(sent.values()) == {1}, "a request was sent twice"
+
+
+def writer_parts(prompt: str, seed, j: int) -> tuple[str, str]:
+    """A teacher that writes a new problem when asked to (its starting count differs by request),
+    and otherwise answers: Zorblax problems with their starting count, seed problems by adding."""
+    if "Write one new math problem" in prompt:
+        n = 3 + 7 * (int(hashlib.sha256(f"{prompt}|{seed}|{j}".encode()).hexdigest()[:4], 16) % 50)
+        return "", f"Zorblax has {n} gears in a crate and buys {j + 2} boxes of gears. How many gears did Zorblax start with?"
+    m = re.search(r"Zorblax has (\d+) gears", prompt)
+    if m:
+        return f"Zorblax started with {m.group(1)} gears before buying anything at all today.", f"The answer is \\boxed{{{m.group(1)}}}."
+    return scripted_parts(prompt, seed, j)
+
+
+def test_flow_with_teacher_written_questions(prefect_api, tmp_path):
+    """A teacher_written source: the recipe's teacher writes problems from the seed source, the
+    ones whose own samples agree become problems of the run, and they are sampled, verified and
+    land in the dataset like the seeds."""
+    from flows.pipeline import factory_run
+
+    with TeacherServer(models=["test-model"], parts=writer_parts) as server:
+        recipe = write_recipe(tmp_path, server.url, contaminated=False, n=3, extra="")
+        text = recipe.read_text().replace(
+            "name: adds}\n",
+            "name: adds}\n  - {source: teacher_written, from: adds, count: 2, max_rounds: 2, samples_per_question: 3}\n")
+        recipe.write_text(text)
+        summary = factory_run(str(recipe), store=str(tmp_path / "store"))
+        sent = len(server.completion_requests())
+        by_source = summary["by_source"]
+        assert by_source["adds"]["problems"] == 3 and by_source["adds"]["dataset"] == 3
+        written = by_source["teacher_written"]
+        assert written["problems"] == 2 and written["dataset"] == 2
+        with Lake.open(str(tmp_path / "store"), create=False) as lake:
+            rows = lake.query("SELECT problem, reference_answer FROM problems WHERE source = 'teacher_written'").to_pylist()
+            for r in rows:
+                assert re.search(r"Zorblax has (\d+) gears", r["problem"]).group(1) == r["reference_answer"]
+        again = factory_run(str(recipe), store=str(tmp_path / "store"))
+        assert len(server.completion_requests()) == sent  # the rerun writes and samples nothing
+        assert again["by_source"] == summary["by_source"]
