@@ -210,7 +210,7 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _filter_config(self) -> "Recipe":
-        FilterConfig(**{**self.filter_config, "enabled": tuple(self.filters)})
+        self.filter_config_model()  # thresholds a FilterConfig refuses fail at load, not mid-run
         return self
 
     def filter_config_model(self) -> FilterConfig:
