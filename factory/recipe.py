@@ -166,8 +166,9 @@ class BudgetSpec(_Strict):
 
 
 class RunnerSpec(_Strict):
-    """Where verification and dedup batches run. `thread` is Prefect's default in-process runner;
-    `dask` and `ray` need prefect-dask / prefect-ray (and a cluster address, or a local one)."""
+    """Where verification batches run. `thread`: in process, `max_workers` batches at once
+    (default 1); `dask` and `ray` need prefect-dask / prefect-ray (and a cluster address, or a
+    local one) and get every batch at once."""
 
     kind: Literal["thread", "dask", "ray"] = "thread"
     address: str | None = None

@@ -19,8 +19,8 @@ Retries: only the lake commits retry, and only on transient errors (a busy catal
 error); teacher retries live in the teacher backend. Concurrency: requests in flight per
 teacher endpoint are capped by the backend (`max_concurrency`); code sandboxes across the run by
 a Prefect global concurrency limit `factory-sandbox` (`sandbox_workers` in the recipe).
-Verification batches run on the recipe's task runner (threads by default; Dask or Ray with
-prefect-dask / prefect-ray).
+Verification batches run on the recipe's task runner: one after another in the flow's thread by
+default (see in_flight), in parallel on Dask or Ray with prefect-dask / prefect-ray.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import os
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Sequence
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls home
 
@@ -50,7 +50,7 @@ from factory.dedup import dedup_lake  # noqa: E402
 from factory.recipe import Recipe, load_recipe, recipe_hash  # noqa: E402
 from factory.sampler import Budget, SamplingStats, sample_teacher  # noqa: E402
 from factory.teachers import RequestGroup, make_teacher  # noqa: E402
-from storage import Lake, LakeBusy  # noqa: E402
+from storage import Lake, LakeBusy, schemas  # noqa: E402
 from storage.errors import FactoryError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,10 @@ def retry_transient(call: Callable[[], Any], what: str, *, tries: int = 4) -> An
     return None
 
 
-def commit(lake: Lake, table: str, rows: list[dict], batch_key: str, run_id: str) -> int:
+def commit(lake: Lake, table: str, rows: list[dict] | pa.Table, batch_key: str, run_id: str) -> int:
     """Commit exactly once. A plain call, not a task: a task run costs API round trips per
     commit, and the lake's ledger already makes a retry safe."""
-    if not rows:
+    if not len(rows):
         return 0
     return retry_transient(lambda: lake.commit(table, rows, batch_key=batch_key, run_id=run_id).rows, f"commit to {table}")
 
@@ -188,14 +188,84 @@ def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id:
     return stats
 
 
-@task(name="verify", cache_policy=NO_CACHE)
-def verify(samples: list[dict], problems: dict[str, dict], recipe: Recipe, labels: dict[str, str] | None) -> list[dict]:
-    if any((problems.get(s["problem_id"]) or {}).get("domain") == "code" for s in samples) and "code" in recipe.verify:
+# A verdicts row as verify_samples makes it (the lake adds run_id and created_at).
+VERDICT_ROW = pa.schema([f for f in schemas.VERDICTS if f.name not in ("run_id", "created_at")])
+
+
+def _verdict_table(samples: list[dict], problems: dict[str, dict], recipe: Recipe) -> pa.Table:
+    """The verify stage on one batch, code sandboxes under the run-wide concurrency limit."""
+    if "code" in recipe.verify and any((problems.get(s["problem_id"]) or {}).get("domain") == "code" for s in samples):
         from prefect.concurrency.sync import concurrency
 
         with concurrency(SANDBOX_LIMIT, occupy=1, strict=False):
-            return stages.verify_samples(samples, problems, recipe, labels=labels)
-    return stages.verify_samples(samples, problems, recipe, labels=labels)
+            rows = stages.verify_samples(samples, problems, recipe)
+    else:
+        rows = stages.verify_samples(samples, problems, recipe)
+    return pa.Table.from_pylist(rows, schema=VERDICT_ROW)
+
+
+def _verdicts_key(batch: Sequence[dict]) -> str:
+    return f"verdicts:{stages._VERSION}:{_digest([s['sample_id'] for s in batch])}"
+
+
+@task(name="verify", cache_policy=NO_CACHE)
+def verify(lake: Lake, todo: list[dict], problems: dict[str, dict], recipe: Recipe, run_id: str) -> pa.Table:
+    """Verify and filter `todo` a batch at a time in this process, committing each batch's
+    verdicts as it is done (a rerun skips the committed ones). Returns (sample_id, check,
+    status) of every verdict, as one Arrow table: Prefect indexes a task's result one level
+    deep for dependency tracking, and a list would cost it an entry per row."""
+    done = []
+    for batch in stages.batches(todo, recipe.batch_size):
+        table = _verdict_table(list(batch), problems, recipe)
+        commit(lake, "verdicts", table, _verdicts_key(batch), run_id)
+        done.append(table.select(["sample_id", "check", "status"]))
+        progress.advance("verify", len(batch))
+    return pa.concat_tables(done) if done else VERDICT_ROW.empty_table().select(["sample_id", "check", "status"])
+
+
+@task(name="verify", cache_policy=NO_CACHE)
+def verify_batch(samples: list[dict], problems: dict[str, dict], recipe: Recipe) -> pa.Table:
+    """One batch's verdicts, for a parallel runner (Dask, Ray, threads): no lake in the task;
+    the flow commits what comes back."""
+    return _verdict_table(samples, problems, recipe)
+
+
+def in_flight(recipe: Recipe) -> int:
+    """Verification batches running at once: on threads `max_workers` (default 1: the
+    verifiers already spread a batch over processes and sandboxes, and pure-Python checks in
+    parallel threads only contend for the GIL); on Dask or Ray all of them (0)."""
+    spec = recipe.task_runner
+    return (spec.max_workers or 1) if spec.kind == "thread" else 0
+
+
+def verify_round(lake: Lake, todo: list[dict], by_id: dict[str, dict], recipe: Recipe, run_id: str) -> pa.Table:
+    """The round's verification. One at a time: a single `verify` task over all batches (a task
+    run costs the Prefect server tens of ms of CPU, so not one per batch). In parallel:
+    `verify_batch` tasks on the runner with at most `in_flight` pending, committed here in
+    order. Returns (sample_id, check, status) of every verdict."""
+    # quote(): Prefect would otherwise walk every record of every argument looking for futures.
+    # (Dask's runner rebuilds its arguments itself and loses the quote: give it plain ones.)
+    q = quote if _threaded() else (lambda x: x)
+    window = in_flight(recipe)
+    if window == 1:
+        return verify(lake, q(todo), q(by_id), q(recipe), run_id)
+    done: list[pa.Table] = []
+    pending: deque = deque()
+
+    def take() -> None:
+        batch, fut = pending.popleft()
+        table = fut.result()
+        commit(lake, "verdicts", table, _verdicts_key(batch), run_id)
+        done.append(table.select(["sample_id", "check", "status"]))
+        progress.advance("verify", len(batch))
+
+    for batch in stages.batches(todo, recipe.batch_size):
+        pending.append((batch, verify_batch.submit(q(list(batch)), q(by_id), q(recipe))))
+        if window and len(pending) >= window:
+            take()
+    while pending:
+        take()
+    return pa.concat_tables(done) if done else VERDICT_ROW.empty_table().select(["sample_id", "check", "status"])
 
 
 @task(name="dedup", cache_policy=NO_CACHE)
@@ -212,10 +282,11 @@ def dedup(lake: Lake, recipe: Recipe, run_id: str, table: str, where_ids: list[s
 def dataset(lake: Lake, recipe: Recipe, sql: str, run_id: str, rhash: str) -> dict:
     """A new dataset version when the accepted rows changed; the latest one otherwise."""
     name = recipe.dataset_name
-    rows = int(lake.query(f"SELECT count(*) AS n FROM ({sql})").column("n")[0].as_py())
     latest = lake.query("SELECT version, sql, row_count FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", [name]).to_pylist()
-    if latest and latest[0]["sql"] == sql and latest[0]["row_count"] == rows:
-        return {"name": name, "version": latest[0]["version"], "rows": rows, "new": False}
+    if latest and latest[0]["sql"] == sql:
+        rows = int(lake.query(f"SELECT count(*) AS n FROM ({sql})").column("n")[0].as_py())
+        if latest[0]["row_count"] == rows:
+            return {"name": name, "version": latest[0]["version"], "rows": rows, "new": False}
     v = retry_transient(lambda: lake.save_dataset(name, sql, recipe_hash=rhash, run_id=run_id,
                                                   description=recipe.dataset.description if recipe.dataset else None),
                         f"saving dataset {name}")
@@ -285,6 +356,11 @@ def _verdicts_for(lake: Lake, keys: list[str]) -> list[dict]:
     ).to_pylist()
 
 
+def _verdict_keys(table: pa.Table) -> list[dict]:
+    cols = [table.column(c).to_pylist() for c in ("sample_id", "check", "status")]
+    return [{"sample_id": a, "check": b, "status": c} for a, b, c in zip(*cols)]
+
+
 def _unverified(lake: Lake, keys: list[str]) -> list[dict]:
     return lake.query(
         "SELECT s.sample_id, s.problem_id, s.reasoning, s.answer, s.completion, s.finish_reason, s.completion_tokens "
@@ -300,21 +376,21 @@ def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], recipe: Reci
     a resumed run reports the whole, not just its last attempt), per source."""
     source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
     key_tab = pa.table({"k": pa.array(list(keys), pa.string()), "p": pa.array(list(keys.values()), pa.string())})
+    # One query (each DuckLake query pays its own catalog and file reads): every sample of the
+    # keys with its tokens, whether dedup kept it and whether the dataset version holds it.
+    in_ds = f"s.sample_id IN (SELECT sample_id FROM ({ds['sql']}))" if ds else "false"
     got = lake.query(
-        "SELECT s.sample_id, s.problem_id, s.prompt_tokens, s.completion_tokens, s.cost_usd FROM samples s JOIN _k k ON s.sample_id = k.k",
+        "SELECT s.sample_id, s.problem_id, s.prompt_tokens, s.completion_tokens, s.cost_usd, "
+        "s.sample_id IN (SELECT item_id FROM dedup WHERE item_kind = 'sample' AND kept) AS kept, "
+        f"{in_ds} AS in_dataset FROM samples s JOIN _k k ON s.sample_id = k.k",
         tables={"_k": key_tab},
     ).to_pylist()
     if verdicts is None:
         verdicts = _verdicts_for(lake, [r["sample_id"] for r in got])
     verified = {v["sample_id"] for v in verdicts if not v["check"].startswith("filter:") and v["status"] == "pass"}
     accepted = stages.accepted_ids(verdicts, recipe)
-    kept = {r["item_id"] for r in lake.query(
-        "SELECT d.item_id FROM dedup d JOIN _k k ON d.item_id = k.k WHERE d.item_kind = 'sample' AND d.kept",
-        tables={"_k": key_tab}).to_pylist()} & accepted
-    ds_ids: set[str] = set()
-    if ds:
-        ds_ids = {r["sample_id"] for r in lake.query(
-            f"SELECT sample_id FROM ({ds['sql']}) d JOIN _k k ON d.sample_id = k.k", tables={"_k": key_tab}).to_pylist()}
+    kept = {r["sample_id"] for r in got if r["kept"]} & accepted
+    ds_ids = {r["sample_id"] for r in got if r["in_dataset"]}
     by_source: dict[str, Counter] = defaultdict(Counter)
     for p in problems:
         by_source[source_of[p["problem_id"]]]["problems"] += 1
@@ -392,6 +468,9 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         counts = {pid: (0, 0) for pid in by_id}
         keys: dict[str, str] = {}  # request key -> problem id, every key planned so far
         spent_tokens, spent_usd = 0, 0.0
+        ok: set[str] = set()
+        verdicts: list[dict] = []  # (sample_id, check, status) of every planned key verified so far
+        asked: set[str] = set()  # keys whose verdicts are in `verdicts` (or that have none yet)
         seconds["sample"] = seconds["verify"] = 0.0
         while True:
             wanted = stages.plan_round(counts, recipe)
@@ -415,16 +494,14 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
             t0 = time.perf_counter()
             todo = _unverified(lake, list(keys))
             progress.start("verify", len(todo))
-            # quote(): Prefect would otherwise walk every record of every argument looking for futures.
-            # (Dask's runner rebuilds its arguments itself and loses the quote: give it plain ones.)
-            q = quote if _threaded() else (lambda x: x)
-            futures = [verify.submit(q(list(batch)), q(by_id), recipe, None) for batch in stages.batches(todo, recipe.batch_size)]
-            for batch, fut in zip(stages.batches(todo, recipe.batch_size), futures):
-                rows = fut.result()
-                commit(lake, "verdicts", rows, f"verdicts:{stages._VERSION}:{_digest([s['sample_id'] for s in batch])}", run_id)
-                progress.advance("verify", len(batch))
+            verdicts += _verdict_keys(verify_round(lake, todo, by_id, recipe, run_id))
             seconds["verify"] += time.perf_counter() - t0
-            verdicts = _verdicts_for(lake, list(keys))
+            # Verdicts of keys verified by an earlier attempt (a resumed run) come from the lake, once.
+            asked.update(s["sample_id"] for s in todo)
+            earlier = [k for k in keys if k not in asked]
+            if earlier:
+                verdicts += _verdicts_for(lake, earlier)
+                asked.update(earlier)
             ok = stages.accepted_ids(verdicts, recipe)
             have: Counter = Counter(keys.values())
             good: Counter = Counter(keys[s] for s in ok if s in keys)
@@ -432,9 +509,11 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
             progress.end("verify", f"{len(ok)} accepted of {len(keys)} planned")
             if st.stopped_by_budget or st.missing or recipe.adaptive.accepted_per_problem is None:
                 break
-        missing = sorted(set(keys) - lake.existing("samples", "request_key", list(keys)))
+        # The sampler counts what it committed; only when it says keys are missing is the lake
+        # asked which (the failure message lists them).
+        missing = sorted(set(keys) - lake.existing("samples", "request_key", list(keys))) if any(s.missing for s in stats) else []
         if missing and not any(s.stopped_by_budget for s in stats):
-            counts_ = _counts(lake, eligible, keys, recipe, None, stats, seconds)
+            counts_ = _counts(lake, eligible, keys, recipe, None, stats, seconds, verdicts)
             _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "incomplete", started, counts_)
             problems_missing = sorted({keys[k] for k in missing})
             errors = Counter()
@@ -514,7 +593,7 @@ def task_runner_for(recipe: Recipe):
         return mod.RayTaskRunner(address=spec.address) if spec.address else mod.RayTaskRunner()
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=spec.max_workers or 2)
+    return ThreadPoolTaskRunner(max_workers=spec.max_workers or 1)
 
 
 def ensure_sandbox_limit(limit: int) -> None:
@@ -535,6 +614,22 @@ def run_recipe(recipe_path: str, store: str | None = None, catalog: str | None =
     set_progress(on_progress)
     try:
         runner = task_runner_for(recipe)
-        return factory_run.with_options(task_runner=runner)(recipe_path, store=store, catalog=catalog, limit=limit)
+        with flow_settings():
+            return factory_run.with_options(task_runner=runner)(recipe_path, store=store, catalog=catalog, limit=limit)
     finally:
         set_progress(None)
+
+
+def flow_settings():
+    """Prefect settings for a run from the CLI. Without a Prefect server (ephemeral mode) the
+    flow-run heartbeat is off: it exists so that a server can mark a dead run as crashed, the
+    ephemeral server dies with the run anyway (the `runs` table is what resume reads), and the
+    heartbeat thread costs up to a second at every flow's end (Prefect joins its 1 s sleep).
+    A PREFECT_FLOWS_HEARTBEAT_FREQUENCY set by the user wins."""
+    from contextlib import nullcontext
+
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        return nullcontext()
+    return temporary_settings(set_defaults={"flows.heartbeat_frequency": None})

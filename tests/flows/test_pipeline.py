@@ -188,6 +188,43 @@ def test_flow_on_a_dask_task_runner(prefect_api, server, tmp_path):
         "problems": 6, "requests": 24, "samples": 24, "verified": 10, "filtered": 10, "deduplicated": 5, "dataset": 5}
 
 
+@pytest.mark.parametrize("workers", [None, 3])
+def test_verification_batches_in_flight_follow_max_workers(prefect_api, server, tmp_path, monkeypatch, workers):
+    """On threads one verification batch runs at a time in the flow's own thread by default;
+    `max_workers: N` lets N run at once on the runner's threads. The result is the same."""
+    import threading
+    import time
+
+    from factory import stages
+    from flows.pipeline import run_recipe
+
+    real, active, seen = stages.verify_samples, [0], {"max": 0, "threads": set()}
+    lock = threading.Lock()
+
+    def watched(*a, **kw):
+        with lock:
+            active[0] += 1
+            seen["max"] = max(seen["max"], active[0])
+            seen["threads"].add(threading.current_thread().name)
+        time.sleep(0.3)  # long enough for the next batch to start if it may
+        try:
+            return real(*a, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(stages, "verify_samples", watched)
+    extra = f"task_runner: {{kind: thread, max_workers: {workers}}}\n" if workers else ""
+    recipe = write_recipe(tmp_path, server.url, contaminated=False, n=12, extra=extra)  # 48 samples: 6 batches
+    summary = run_recipe(str(recipe), store=str(tmp_path / "store"))
+    assert {f["stage"]: f["count"] for f in summary["funnel"]}["verified"] == 22  # 11 problems x 2 right answers (problem 5 never)
+    if workers:
+        assert 2 <= seen["max"] <= workers
+        assert threading.main_thread().name not in seen["threads"]
+    else:
+        assert seen["max"] == 1 and seen["threads"] == {threading.main_thread().name}
+
+
 def test_adaptive_sampling_stops_when_enough_are_accepted(prefect_api, server, tmp_path):
     from flows.pipeline import factory_run
 
@@ -296,3 +333,24 @@ def test_flow_with_teacher_written_questions(prefect_api, tmp_path):
         again = factory_run(str(recipe), store=str(tmp_path / "store"))
         assert len(server.completion_requests()) == sent  # the rerun writes and samples nothing
         assert again["by_source"] == summary["by_source"]
+
+
+def test_flow_heartbeat_is_off_only_without_a_prefect_server(monkeypatch):
+    """Ephemeral mode: no heartbeat (nothing outlives the run to read it). A configured server
+    keeps Prefect's default, and a value the user set wins either way."""
+    from prefect.settings import get_current_settings, temporary_settings
+
+    from flows.pipeline import flow_settings
+
+    def beat() -> int | None:
+        with flow_settings():
+            return get_current_settings().flows.heartbeat_frequency
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with temporary_settings(restore_defaults={"api.url"}):
+        assert beat() is None
+    with temporary_settings(updates={"api.url": "http://127.0.0.1:4200/api"}):
+        assert beat() == 180
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with temporary_settings(restore_defaults={"api.url"}):
+        assert beat() == 60
