@@ -6,12 +6,17 @@ Both sides run the same recipe on the same data into fresh lakes: procedural ari
 a zero-latency teacher (the scripted OpenAI-compatible server of tests/teacher_server.py on
 127.0.0.1, answering instantly; half the answers right), then verify (math) + filters
 (think_format, repetition) + dedup + commit + the dataset version. The flow side is
-`flows.pipeline.factory_run` on Prefect's test harness (its server start is measured apart, as a
-fixed cost per process); the loop side calls the factory functions the flow's tasks call
+`flows.pipeline.run_recipe` (what `factory run` calls: the flow on the recipe's task runner) in
+Prefect's default ephemeral mode (no PREFECT_API_URL; the local server's start, once per
+process, is measured apart); the loop side calls the factory functions the flow's tasks call
 (collect_questions, mark_contamination, sample_teacher, verify_samples, dedup_lake,
 save_dataset) with Lake.commit in between, with no Prefect and no run bookkeeping. Measured:
-wall time (best and median of `--rounds` alternating rounds) and this process's CPU time
-(median), as samples/s end to end. Goal: orchestration overhead (flow / loop - 1) <= 10%.
+wall time (best and median of `--rounds` alternating rounds), CPU time of this process and of its
+child processes (the Prefect server), and samples/s end to end. Goal: orchestration overhead
+<= 10%, judged on the median over rounds of flow wall / loop wall - 1 (both sides of a round run
+back to back, so the ratio cancels the drift of this shared machine).
+Also printed: the fixed cost of an empty flow run, without and with Prefect's flow heartbeat
+(on when a Prefect server is configured; its thread is joined at the flow's end).
 
 Results go to benches/results/flow.json. Loopback only; the server stops at the end.
 """
@@ -64,6 +69,26 @@ batch_size: 256
 """
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's live descendants (the Prefect server; math verifier pool),
+    read from /proc: a long-lived child never shows in getrusage(RUSAGE_CHILDREN)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        procs[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    mine, total, frontier = set(), 0.0, {os.getpid()}
+    while frontier:
+        kids = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in mine}
+        mine |= kids
+        total += sum(procs[k][1] for k in kids)
+        frontier = kids
+    return total
+
+
 def run_loop(recipe_path: Path, store: str) -> int:
     """The stages in a plain loop, as the flow's tasks call them."""
     from factory import stages
@@ -111,48 +136,74 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benches" / "results" / "flow.json"))
     args = ap.parse_args()
 
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect import flow
 
-    from flows.pipeline import factory_run
+    from flows.pipeline import flow_settings, run_recipe
     from tests.teacher_server import TeacherServer
 
+    os.environ.pop("PREFECT_API_URL", None)  # the default: Prefect's ephemeral local server
+
+    @flow(name="bench-empty", persist_result=False)
+    def empty() -> None:
+        return None
+
+    def timed(heartbeat: bool) -> float:
+        t = time.perf_counter()
+        if heartbeat:
+            empty()
+        else:
+            with flow_settings():
+                empty()
+        return time.perf_counter() - t
+
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
-    t0 = time.perf_counter()
-    with prefect_test_harness(server_startup_timeout=120), TeacherServer(models=["test-model"], parts=parts) as server:
-        startup = time.perf_counter() - t0
+    startup = timed(False)  # starts the ephemeral server
+    fixed = {hb: statistics.median(timed(hb) for _ in range(3)) for hb in (False, True)}
+    with TeacherServer(models=["test-model"], parts=parts) as server:
         recipe = work / "recipe.yaml"
         recipe.write_text(recipe_text(server.url, args.samples).replace("{count}", str(args.problems)))
         walls: dict[str, list[float]] = {"flow": [], "loop": []}
         cpus: dict[str, list[float]] = {"flow": [], "loop": []}
+        kids: dict[str, list[float]] = {"flow": [], "loop": []}
         n = {"flow": 0, "loop": 0}
         for r in range(args.rounds):
             for side in ("loop", "flow") if r % 2 == 0 else ("flow", "loop"):
                 store = str(work / f"{side}-{r}")
-                t, c = time.perf_counter(), time.process_time()
+                t, c, k = time.perf_counter(), time.process_time(), children_cpu()
                 if side == "flow":
-                    summary = factory_run(str(recipe), store=store)
+                    summary = run_recipe(str(recipe), store=store)
                     n[side] = {f["stage"]: f["count"] for f in summary["funnel"]}["samples"]
                 else:
                     n[side] = run_loop(recipe, store)
                 walls[side].append(time.perf_counter() - t)
                 cpus[side].append(time.process_time() - c)
-                print(f"round {r} {side}: {walls[side][-1]:.2f} s wall, {cpus[side][-1]:.2f} s CPU, {n[side]} samples", file=sys.stderr)
+                kids[side].append(children_cpu() - k)
+                print(f"round {r} {side}: {walls[side][-1]:.2f} s wall, {cpus[side][-1]:.2f} s CPU "
+                      f"(+{kids[side][-1]:.2f} s in child processes), {n[side]} samples", file=sys.stderr)
     best = {k: min(v) for k, v in walls.items()}
     median = {k: statistics.median(v) for k, v in walls.items()}
     cpu = {k: statistics.median(v) for k, v in cpus.items()}
+    cpu_all = {k: statistics.median(c + d for c, d in zip(cpus[k], kids[k])) for k in cpus}
+    # Each round runs both sides back to back: the per-round ratio cancels the machine's drift
+    # (shared and noisy), so its median is the figure the goal is judged on.
+    paired = statistics.median(f / lp for f, lp in zip(walls["flow"], walls["loop"])) - 1
     print(f"\nflow benchmark: {args.problems} problems x {args.samples} samples, zero-latency teacher, {args.rounds} alternating rounds")
-    print(f"Prefect test harness start (once per process, not in the figures): {startup:.1f} s\n")
-    print("| measure | plain loop (same stage functions) | factory_run (Prefect flow) | overhead | goal |\n|---|---|---|---|---|")
-    for name, d in (("wall s, best", best), ("wall s, median", median), ("CPU s of this process, median", cpu)):
+    print(f"Prefect ephemeral server start (once per process, not in the figures): {startup:.1f} s")
+    print(f"an empty flow run: {fixed[False]:.2f} s; with the flow heartbeat (server mode) {fixed[True]:.2f} s\n")
+    print("| measure | plain loop (same stage functions) | run_recipe (Prefect flow) | overhead | goal | met |\n|---|---|---|---|---|---|")
+    for name, d in (("wall s, best", best), ("wall s, median", median), ("CPU s of this process, median", cpu),
+                    ("CPU s incl. child processes (Prefect server), median", cpu_all)):
         over = d["flow"] / d["loop"] - 1
-        print(f"| {name} | {d['loop']:.2f} | {d['flow']:.2f} | {over:+.1%} | <= +10% |")
+        print(f"| {name} | {d['loop']:.2f} | {d['flow']:.2f} | {over:+.1%} | (info) | |")
+    print(f"| **wall, median of per-round flow/loop** | | | **{paired:+.1%}** | <= +10% | {'yes' if paired <= 0.10 else 'no'} |")
     print(f"\nsamples/s (best wall): loop {n['loop'] / best['loop']:.0f}, flow {n['flow'] / best['flow']:.0f}. "
-          "CPU time leaves out other processes' load (this machine is shared) but also the Prefect server's own work.")
-    overhead = median["flow"] / median["loop"] - 1
+          "The teacher server runs in this process on both sides.")
+    overhead = paired
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"problems": args.problems, "samples_per_problem": args.samples, "wall_s": walls,
-                                          "cpu_s": cpus, "samples": n, "overhead_median_wall": overhead,
-                                          "harness_start_s": startup}, indent=2))
+                                          "cpu_s": cpus, "child_cpu_s": kids, "samples": n, "overhead_paired_median_wall": overhead,
+                                          "server_start_s": startup,
+                                          "empty_flow_s": fixed[False], "empty_flow_heartbeat_s": fixed[True]}, indent=2))
 
 
 if __name__ == "__main__":
