@@ -98,7 +98,10 @@ def _as_arrow(data: Any) -> pa.Table:
             return pa.table({})
         if not all(isinstance(r, dict) for r in data):
             raise BadInput("a batch given as a list must be a list of dicts (one per row)")
-        return pa.Table.from_pylist(data)
+        # Columns from every row's keys: from_pylist alone takes them from the first row and
+        # silently drops a field that only later rows carry.
+        columns = dict.fromkeys(k for r in data for k in r)
+        return pa.Table.from_pydict({k: [r.get(k) for r in data] for k in columns})
     raise BadInput(f"cannot commit a {type(data).__name__}: expected an Arrow table, polars DataFrame or list of dicts")
 
 

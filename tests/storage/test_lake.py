@@ -51,6 +51,16 @@ def test_commit_accepts_arrow_polars_and_dicts(lake):
     assert rows == [{"run_id": "r"}]
 
 
+def test_dict_rows_keep_fields_that_only_later_rows_carry(lake):
+    """Rows given as dicts may differ in keys (a verdict has a reason only when it fails): every
+    row's fields are kept, the missing ones are null."""
+    rows = [{"sample_id": "a", "check": "math", "status": "pass"},
+            {"sample_id": "b", "check": "math", "status": "fail", "reason": "7 != 4", "score": 0.0}]
+    lake.commit("verdicts", rows, batch_key="v", run_id="r")
+    got = lake.query('SELECT sample_id, reason, score FROM verdicts ORDER BY sample_id').to_pylist()
+    assert got == [{"sample_id": "a", "reason": None, "score": None}, {"sample_id": "b", "reason": "7 != 4", "score": 0.0}]
+
+
 def test_commit_is_visible_to_a_new_lake_object(tmp_path):
     store = str(tmp_path / "store")
     with Lake.open(store) as a:
