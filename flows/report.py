@@ -15,8 +15,10 @@ Two halves, so the flow can reuse the rendering for its Prefect artifact:
 
 The yield funnel comes from `runs.counts` (the JSON the flow stores) when the report is about
 one run that has it; otherwise it is computed from the tables: a sample is *verified* when it
-has verifier verdicts and all pass, *filtered* (kept by the filters) when also no `filter:*`
-verdict failed, *deduplicated* when also no `dedup` row dropped it. Pass rates use the stricter
+has verifier verdicts and all pass, *filtered* (kept by the filters) when also every `filter:*`
+verdict passed, *deduplicated* when also no `dedup` row dropped it (the flow's rule:
+`factory.stages.accepted_ids`). Rejects are verdicts that did not pass (fail, unverifiable,
+error), by check with the `filter:` prefix dropped, as the flow counts them. Pass rates use the stricter
 rule "all of a sample's verdicts are pass", over the samples that have verdicts. Not covered:
 evals are shown for the whole lake (an eval row does not name the data its model was trained
 on), and a dataset's funnel is that of the runs its rows came from, not of the rows alone.
@@ -57,7 +59,7 @@ FUNNEL_ORDER = tuple(FUNNEL_STAGE)
 FUNNEL_UNIT = {"problems": "problems", "decontaminated": "problems"}
 MIN_BUCKET = 5  # accuracy-vs-length points from fewer responses are left out of the chart
 
-MAX_REJECT_ROWS = 40  # rejects table: the most frequent (check, reason) pairs
+MAX_REJECT_ROWS = 40  # rejects table: the most frequent (check, status, reason) rows
 MAX_LINE_POINTS = 1500  # a training curve is thinned to this many points (SVG size)
 
 
@@ -93,7 +95,7 @@ class ReportData:
     pass_by_difficulty: list[dict[str, Any]] = field(default_factory=list)
     lengths: list[dict[str, Any]] = field(default_factory=list)  # lo, hi, passed, other
     length_unit: str = "tokens"
-    rejects: list[dict[str, Any]] = field(default_factory=list)  # check, reason, count
+    rejects: list[dict[str, Any]] = field(default_factory=list)  # check, status, reason, count
     evals: list[dict[str, Any]] = field(default_factory=list)  # model, benchmark, n, items, accuracy
     eval_lengths: list[dict[str, Any]] = field(default_factory=list)  # model, lo, hi, n, accuracy
     metrics: list[MetricsFile] = field(default_factory=list)
@@ -225,7 +227,7 @@ v AS (SELECT v.sample_id,
              bool_and(v.status = 'pass') AS all_pass,
              count(*) FILTER (WHERE v."check" NOT LIKE 'filter:%') AS n_verifiers,
              coalesce(bool_and(v.status = 'pass') FILTER (WHERE v."check" NOT LIKE 'filter:%'), FALSE) AS verifiers_pass,
-             coalesce(bool_or(v.status = 'fail') FILTER (WHERE v."check" LIKE 'filter:%'), FALSE) AS filter_fail
+             coalesce(bool_or(v.status <> 'pass') FILTER (WHERE v."check" LIKE 'filter:%'), FALSE) AS filter_fail
       FROM verdicts v SEMI JOIN s ON v.sample_id = s.sample_id GROUP BY 1),
 d AS (SELECT item_id AS sample_id, bool_or(NOT kept) AS dropped FROM dedup
       WHERE item_kind = 'sample' GROUP BY 1),
@@ -283,8 +285,9 @@ def compute_counts(lake: Lake, scope: Scope) -> dict[str, Any]:
         for r in _rows(
             lake,
             _OUTCOMES.format(where=where)
-            + """SELECT v."check", count(DISTINCT v.sample_id) AS n FROM verdicts v SEMI JOIN s ON v.sample_id = s.sample_id
-                 WHERE v.status = 'fail' GROUP BY 1 ORDER BY 2 DESC, 1""",
+            + """SELECT regexp_replace(v."check", '^filter:', '') AS "check", count(DISTINCT v.sample_id) AS n
+                 FROM verdicts v SEMI JOIN s ON v.sample_id = s.sample_id
+                 WHERE v.status <> 'pass' GROUP BY 1 ORDER BY 2 DESC, 1""",
             params,
         )
     }
@@ -386,9 +389,10 @@ def _rejects(lake: Lake, scope: Scope) -> list[dict[str, Any]]:
     return _rows(
         lake,
         _OUTCOMES.format(where=where)
-        + f"""SELECT v."check" AS "check", coalesce(v.reason, '') AS reason, count(*) AS count
-              FROM verdicts v SEMI JOIN s ON v.sample_id = s.sample_id WHERE v.status = 'fail'
-              GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT {MAX_REJECT_ROWS}""",
+        + f"""SELECT regexp_replace(v."check", '^filter:', '') AS "check", v.status, coalesce(v.reason, '') AS reason,
+                     count(*) AS count
+              FROM verdicts v SEMI JOIN s ON v.sample_id = s.sample_id WHERE v.status <> 'pass'
+              GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3 LIMIT {MAX_REJECT_ROWS}""",
         params,
     )
 
@@ -879,10 +883,11 @@ def _rejects_section(data: ReportData, counts: dict[str, Any]) -> str:
         items = [(str(k), float(_int(v)), _fmt(_int(v))) for k, v in sorted(by_check.items(), key=lambda kv: -_int(kv[1]))]
         parts.append("<h3>Rejected samples by check</h3>" + svg_bars(items, width=720))
     if data.rejects:
-        parts.append(f"<h3>Most frequent reasons (verdicts with status fail; top {MAX_REJECT_ROWS})</h3>")
-        parts.append(_table(["check", "reason", "count"], [[r["check"], r["reason"] or "(no reason)", _fmt(r["count"])] for r in data.rejects], numeric_from=2))
+        parts.append(f"<h3>Most frequent reasons (verdicts that did not pass: fail, unverifiable, error; top {MAX_REJECT_ROWS})</h3>")
+        parts.append(_table(["check", "status", "reason", "count"],
+                            [[r["check"], r["status"], r["reason"] or "(no reason)", _fmt(r["count"])] for r in data.rejects], numeric_from=3))
     if not by_check and not data.rejects:
-        parts.append('<p class="note">No failed verdicts in this scope.</p>')
+        parts.append('<p class="note">No rejected verdicts in this scope.</p>')
     parts.append("</section>")
     return "".join(parts)
 

@@ -91,7 +91,7 @@ def test_page_names_every_stage_and_computes_the_funnel_from_the_tables(store):
     assert funnel_of(page) == {"problems": "6", "decontaminated": "5", "requests": "18", "samples": "18",
                                "verified": "12", "filtered": "11", "deduplicated": "10", "dataset": "6"}
     assert data.counts["by_source"]["gsm8k"]["verified"] == 8 and data.counts["by_source"]["synth"]["filtered"] == 4
-    assert data.counts["rejects"] == {"math": 6, "filter:repetition": 1}
+    assert data.counts["rejects"] == {"math": 6, "repetition": 1}  # named as the flow's summary names them
     assert data.counts["tokens"] == {"prompt": 180, "completion": sum(100 * (k + 1) + i for i in range(6) for k in range(3))}
 
 
@@ -107,8 +107,41 @@ def test_pass_rates_lengths_and_rejects(store):
     assert data.length_unit == "tokens"
     assert sum(b["passed"] for b in data.lengths) == 11 and sum(b["other"] for b in data.lengths) == 7
     assert data.lengths[0]["lo"] == 100 and data.lengths[-1]["hi"] > 305
-    top = {(r["check"], r["reason"]): r["count"] for r in data.rejects}
-    assert top == {("math", "answer 7 != 2"): 6, ("filter:repetition", HOSTILE): 1}
+    top = {(r["check"], r["status"], r["reason"]): r["count"] for r in data.rejects}
+    assert top == {("math", "fail", "answer 7 != 2"): 6, ("repetition", "fail", HOSTILE): 1}
+
+
+def test_unverifiable_and_errored_verdicts_are_rejects_as_in_the_flow(tmp_path):
+    """A sample without a usable gold (math: unverifiable) and one whose filter broke (error)
+    are rejected by the flow (factory.stages.accepted_ids); the computed funnel and the rejects
+    say the same."""
+    from factory.recipe import Recipe
+    from factory.stages import accepted_ids, reject_reasons
+
+    samples = [{"sample_id": f"s{k}", "problem_id": "p0", "request_key": f"r{k}", "teacher": "t", "model": "m",
+                "sample_index": k, "reasoning": "r", "answer": "4", "completion": "...", "finish_reason": "stop",
+                "prompt_tokens": 1, "completion_tokens": 10} for k in range(3)]
+    verdicts = [
+        {"sample_id": "s0", "check": "math", "status": "pass"},
+        {"sample_id": "s0", "check": "filter:language", "status": "pass"},
+        {"sample_id": "s1", "check": "math", "status": "unverifiable", "reason": "no reference answer"},
+        {"sample_id": "s1", "check": "filter:language", "status": "pass"},
+        {"sample_id": "s2", "check": "math", "status": "pass"},
+        {"sample_id": "s2", "check": "filter:language", "status": "error", "reason": "detector failed"},
+    ]
+    recipe = Recipe.model_validate({"name": "r", "questions": [{"source": "generator", "generator": "arithmetic", "count": 1}],
+                                    "filters": ["language"]})
+    assert accepted_ids(verdicts, recipe) == {"s0"}
+    with Lake.open(str(tmp_path / "store")) as lake:
+        lake.commit("problems", [{"problem_id": "p0", "source": "x", "domain": "math", "problem": "2+2?"}], batch_key="p", run_id=RUN)
+        lake.commit("samples", samples, batch_key="s", run_id=RUN)
+        lake.commit("verdicts", verdicts, batch_key="v", run_id=RUN)
+        data = collect_report(lake, RUN)
+    funnel = {f["stage"]: f["count"] for f in data.counts["funnel"]}
+    assert (funnel["samples"], funnel["verified"], funnel["filtered"]) == (3, 2, 1)
+    assert data.counts["rejects"] == reject_reasons(verdicts) == {"math": 1, "language": 1}
+    top = {(r["check"], r["status"]): r["reason"] for r in data.rejects}
+    assert top == {("math", "unverifiable"): "no reference answer", ("language", "error"): "detector failed"}
 
 
 def test_hostile_text_is_escaped_and_the_page_is_self_contained(store):
@@ -222,6 +255,6 @@ def test_an_empty_lake_renders_without_sections_of_data(tmp_path):
         data = collect_report(lake)
     page = render_html(data)
     assert [r["count"] for r in data.counts["funnel"]] == [0] * 8
-    assert "No samples with a length." in page and "No failed verdicts" in page
+    assert "No samples with a length." in page and "No rejected verdicts" in page
     for stage in STAGES:
         assert f"{stage}</li>" in page
