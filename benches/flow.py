@@ -4,7 +4,7 @@
 
 Both sides run the same recipe on the same data into fresh lakes: procedural arithmetic problems,
 a zero-latency teacher (the scripted OpenAI-compatible server of tests/teacher_server.py on
-127.0.0.1, answering instantly; half the answers right), then verify (math) + filters
+127.0.0.1, answering instantly; the even-numbered samples of each problem right), then verify (math) + filters
 (think_format, repetition) + dedup + commit + the dataset version. The flow side is
 `flows.pipeline.run_recipe` (what `factory run` calls: the flow on the recipe's task runner) in
 Prefect's default ephemeral mode (no PREFECT_API_URL; the local server's start, once per
@@ -41,11 +41,25 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
 
 
+GOLD: dict[str, str] = {}  # prompt text -> reference answer, filled from the recipe's problems
+
+
 def parts(prompt: str, seed, j: int) -> tuple[str, str]:
-    """Right for even choices, wrong for odd ones, with some reasoning text to dedup."""
+    """Right for even choices, wrong for odd ones, with reasoning text that differs in one word
+    between the choices of a problem (so dedup has near-duplicates to drop)."""
     m = re.findall(r"-?\d+", prompt)
     words = " ".join(f"step {k} checks the running total again" for k in range(30))
-    return f"Working through {' '.join(m[:6])} with choice {j}. {words}", f"The answer is {j}."
+    gold = GOLD.get(prompt, "0")
+    return f"Working through {' '.join(m[:6])} with choice {j}. {words}", f"The answer is \\boxed{{{gold if j % 2 == 0 else gold + '1'}}}."
+
+
+def load_gold(recipe_path: Path) -> None:
+    from factory import stages
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    for p in stages.collect_questions(recipe.questions, base_dir=recipe_path.parent):
+        GOLD["\n".join(m["content"] for m in recipe.prompt.messages(p))] = str(p["reference_answer"])
 
 
 def recipe_text(url: str, samples: int) -> str:
@@ -165,6 +179,7 @@ def main() -> None:
     with TeacherServer(models=["test-model"], parts=parts) as server:
         recipe = work / "recipe.yaml"
         recipe.write_text(recipe_text(server.url, args.samples).replace("{count}", str(args.problems)))
+        load_gold(recipe)
         walls: dict[str, list[float]] = {"flow": [], "loop": []}
         cpus: dict[str, list[float]] = {"flow": [], "loop": []}
         kids: dict[str, list[float]] = {"flow": [], "loop": []}
@@ -175,7 +190,8 @@ def main() -> None:
                 t, c, k = time.perf_counter(), time.process_time(), children_cpu()
                 if side == "flow":
                     summary = run_recipe(str(recipe), store=store)
-                    n[side] = {f["stage"]: f["count"] for f in summary["funnel"]}["samples"]
+                    funnel = {f["stage"]: f["count"] for f in summary["funnel"]}
+                    n[side] = funnel["samples"]
                 else:
                     n[side] = run_loop(recipe, store)
                 walls[side].append(time.perf_counter() - t)
@@ -192,7 +208,8 @@ def main() -> None:
     paired = statistics.median(f / lp for f, lp in zip(walls["flow"], walls["loop"])) - 1
     print(f"\nflow benchmark: {args.problems} problems x {args.samples} samples, zero-latency teacher, {args.rounds} alternating rounds")
     print(f"Prefect ephemeral server start (once per process, not in the figures): {startup:.1f} s")
-    print(f"an empty flow run: {fixed[False]:.2f} s; with the flow heartbeat (server mode) {fixed[True]:.2f} s\n")
+    print(f"an empty flow run: {fixed[False]:.2f} s; with the flow heartbeat (server mode) {fixed[True]:.2f} s")
+    print("funnel of a flow run: " + ", ".join(f"{k} {v}" for k, v in funnel.items()) + "\n")
     print("| measure | plain loop (same stage functions) | run_recipe (Prefect flow) | overhead | goal | met |\n|---|---|---|---|---|---|")
     for name, d in (("wall s, best", best), ("wall s, median", median), ("CPU s of this process, median", cpu),
                     ("CPU s incl. child processes (Prefect server), median", cpu_all)):
