@@ -204,8 +204,18 @@ def _verdict_table(samples: list[dict], problems: dict[str, dict], recipe: Recip
     return pa.Table.from_pylist(rows, schema=VERDICT_ROW)
 
 
-def _verdicts_key(batch: Sequence[dict]) -> str:
-    return f"verdicts:{stages._VERSION}:{_digest([s['sample_id'] for s in batch])}"
+_KEY_COLUMNS = ["sample_id", "check", "status"]
+
+
+def _commit_verdicts(lake: Lake, batch: Sequence[dict], table: pa.Table, run_id: str, done: list[pa.Table]) -> None:
+    """Commit one batch's verdicts exactly once and keep their (sample_id, check, status)."""
+    commit(lake, "verdicts", table, f"verdicts:{stages._VERSION}:{_digest([s['sample_id'] for s in batch])}", run_id)
+    done.append(table.select(_KEY_COLUMNS))
+    progress.advance("verify", len(batch))
+
+
+def _joined(done: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(done) if done else VERDICT_ROW.empty_table().select(_KEY_COLUMNS)
 
 
 @task(name="verify", cache_policy=NO_CACHE)
@@ -214,13 +224,10 @@ def verify(lake: Lake, todo: list[dict], problems: dict[str, dict], recipe: Reci
     verdicts as it is done (a rerun skips the committed ones). Returns (sample_id, check,
     status) of every verdict, as one Arrow table: Prefect indexes a task's result one level
     deep for dependency tracking, and a list would cost it an entry per row."""
-    done = []
+    done: list[pa.Table] = []
     for batch in stages.batches(todo, recipe.batch_size):
-        table = _verdict_table(list(batch), problems, recipe)
-        commit(lake, "verdicts", table, _verdicts_key(batch), run_id)
-        done.append(table.select(["sample_id", "check", "status"]))
-        progress.advance("verify", len(batch))
-    return pa.concat_tables(done) if done else VERDICT_ROW.empty_table().select(["sample_id", "check", "status"])
+        _commit_verdicts(lake, batch, _verdict_table(list(batch), problems, recipe), run_id, done)
+    return _joined(done)
 
 
 @task(name="verify", cache_policy=NO_CACHE)
@@ -251,21 +258,14 @@ def verify_round(lake: Lake, todo: list[dict], by_id: dict[str, dict], recipe: R
         return verify(lake, q(todo), q(by_id), q(recipe), run_id)
     done: list[pa.Table] = []
     pending: deque = deque()
-
-    def take() -> None:
-        batch, fut = pending.popleft()
-        table = fut.result()
-        commit(lake, "verdicts", table, _verdicts_key(batch), run_id)
-        done.append(table.select(["sample_id", "check", "status"]))
-        progress.advance("verify", len(batch))
-
     for batch in stages.batches(todo, recipe.batch_size):
         pending.append((batch, verify_batch.submit(q(list(batch)), q(by_id), q(recipe))))
         if window and len(pending) >= window:
-            take()
-    while pending:
-        take()
-    return pa.concat_tables(done) if done else VERDICT_ROW.empty_table().select(["sample_id", "check", "status"])
+            oldest, fut = pending.popleft()
+            _commit_verdicts(lake, oldest, fut.result(), run_id, done)
+    for oldest, fut in pending:
+        _commit_verdicts(lake, oldest, fut.result(), run_id, done)
+    return _joined(done)
 
 
 @task(name="dedup", cache_policy=NO_CACHE)
