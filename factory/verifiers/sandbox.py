@@ -11,17 +11,31 @@
 Layers, outermost first (each is probed at start; a missing one refuses to run, naming it,
 unless `unsafe_no_sandbox=True` is set explicitly):
 
+0. An unprivileged host uid. bubblewrap maps the sandbox's user to the uid that started it, so
+   started by root, code inside would be host root to every permission check outside its
+   namespaces (it could write /proc/sys/kernel/core_pattern and have the kernel run a command
+   as root). A root caller therefore drops to `host_uid` (default 65534, nobody) with no
+   supplementary groups (`setpriv`) before bubblewrap starts; uid or gid 0 is refused. The
+   interpreter's prefix, when that uid cannot reach it (pyenv under /root), is bind-mounted
+   onto a reachable empty dir in a private mount namespace (`unshare --mount`), invisible to
+   the host. `_start` checks the uid of the running bubblewrap from the host side.
 1. cgroup, one per sandbox (worker): `pids.max` and a memory limit that includes swap
    (v2: memory.max + memory.swap.max=0; v1: memory.limit_in_bytes + memory.memsw.limit_in_bytes).
    A v2 hierarchy is used when it offers the memory and pids controllers (GPU nodes, systemd
    hosts); otherwise the v1 memory and pids hierarchies. The OOM-kill counter of the cgroup
-   (memory.events / memory.oom_control) tells an OOM kill from a timeout.
+   (memory.events / memory.oom_control) tells an OOM kill from a timeout. The cgroup is joined
+   before the uid drop, so the sandbox cannot move itself out.
 2. bubblewrap: `--unshare-all` (user, pid, net, ipc, uts, cgroup: no network at all, not even
    the host's loopback), `--die-with-parent`, `--new-session`, uid/gid 65534, all capabilities
    dropped, read-only binds of the system dirs and of the interpreter's prefix only (the venv,
-   the project and $HOME are not visible), `--proc /proc`, `--dev /dev` (remounted read-only),
-   and private size-capped tmpfs at /tmp (the work dir) and /dev/shm as the only writable places
-   (their pages are charged to the cgroup).
+   the project and $HOME are not visible; third-party site-packages are hidden behind empty
+   read-only tmpfs), `--proc /proc`, `--dev /dev` (remounted read-only), private size-capped
+   tmpfs at /tmp (the work dir) and /dev/shm, and the root itself remounted read-only: those two
+   tmpfs are the only writable places. /sys is not mounted; /proc/sys and /proc/sysrq-trigger
+   belong to host root, which the sandbox never is.
+   A seccomp filter (factory.verifiers.seccomp, `--seccomp FD`) answers EPERM to what untrusted
+   code never needs: mount, namespaces, ptrace, kexec, bpf, keyctl, perf_event_open, modules,
+   io_uring, and System V / POSIX message-queue IPC (whose objects would outlive a run).
    bwrap and everything below it start from an EMPTY environment (`env={}` to the subprocess
    and `--clearenv`), and the sandbox's pid 1 is our own zygote (`--as-pid-1`), so
    /proc/1/environ shows nothing of the parent (bubblewrap's own pid-1 reaper would otherwise
@@ -29,7 +43,9 @@ unless `unsafe_no_sandbox=True` is set explicitly):
 3. A zygote inside the sandbox (`python -I -S -B`, pid 1 of the pid namespace, OOM-immune,
    not dumpable so tests cannot ptrace it) forks ONE fresh process per run: new session,
    rlimits (CPU, address space, file size, open files, no core dumps), a fresh empty work dir
-   (/tmp and /dev/shm are wiped between runs), stdin from a file, stdout/stderr/result pipes.
+   (/tmp and /dev/shm are wiped after every run, directories a run locked with chmod included;
+   if anything is still there after the wipe, the host discards the whole sandbox and the next
+   run starts a fresh one with fresh tmpfs), stdin from a file, stdout/stderr/result pipes.
    Output is read up to `output_limit_bytes`, then the run is killed. At the end of every run
    (normal exit, timeout, output cap) the zygote sends SIGKILL to every other process of the
    pid namespace (`kill(-1)`, which spares pid 1 only), so setsid daemons and fork bombs die
@@ -39,6 +55,8 @@ unless `unsafe_no_sandbox=True` is set explicitly):
    separate process with its own rlimits. The cgroup is per sandbox (worker), not per run:
    runs of one worker are sequential, so its OOM-kill counter and its pids/memory limits apply
    to exactly one run at a time, and creating a cgroup per run would cost more than the run.
+   Runs share the zygote's memory image (fork): never give one run data another must not see
+   in the same sandbox (the code verifier keeps its judge in a sandbox of its own).
 
 What is NOT covered: the kernel itself (a kernel exploit escapes any namespace sandbox; use a VM
 or gVisor for that threat), CPU time shared with other tenants (no cpu.max), and side channels.
@@ -107,6 +125,11 @@ class SandboxConfig(BaseModel):
     python: str | None = Field(None, description="interpreter run inside; default: this one's base")
     cgroup: Literal["auto", "v1", "v2"] = "auto"
     cgroup_parent: str = Field("reasoning-factory", description="parent dir in each hierarchy")
+    host_uid: int | None = Field(
+        None, ge=0, description="host uid the sandbox runs as; default: 65534 (nobody) when started "
+        "as root, else the caller's uid. 0 is refused: bubblewrap maps the sandbox user to it")
+    host_gid: int | None = Field(None, ge=0, description="host gid; default: the same as host_uid")
+    seccomp: StrictBool = Field(True, description="load the syscall deny-list (factory.verifiers.seccomp)")
     unsafe_no_sandbox: StrictBool = Field(
         False, description="run with rlimits only when bwrap/cgroups are missing. NOT a sandbox."
     )
@@ -187,6 +210,17 @@ def send(obj):
         data = data[os.write(CTL_OUT, data):]
 
 def wipe(path):
+    # A run may leave directories it made unreadable (chmod 0): give them back first.
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            try:
+                os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+            except OSError:
+                pass
     try:
         names = os.listdir(path)
     except OSError:
@@ -200,6 +234,17 @@ def wipe(path):
                 os.unlink(p)
         except OSError:
             pass
+
+def dirty():
+    """True when a writable area still holds something after the wipe: the host then starts a
+    fresh sandbox (fresh tmpfs) instead of letting the next run see it."""
+    for path in (TMP, "/dev/shm"):
+        try:
+            if os.listdir(path):
+                return True
+        except OSError:
+            return True
+    return False
 
 def kill_rest(pgid):
     if PIDNS:
@@ -302,6 +347,7 @@ def run(req, n):
             os.close(f)
     pidfd = os.pidfd_open(pid)
     cap = req["output_limit"]
+    ch_cap = req.get("channel_limit", 65536)
     bufs = {out_r: [], err_r: [], ch_r: []}
     sizes = {out_r: 0, err_r: 0, ch_r: 0}
     open_fds = [out_r, err_r, ch_r]
@@ -323,7 +369,7 @@ def run(req, n):
                 continue
             bufs[fd].append(data)
             sizes[fd] += len(data)
-        if sizes[out_r] + sizes[err_r] > cap or sizes[ch_r] > 65536:
+        if sizes[out_r] + sizes[err_r] > cap or sizes[ch_r] > ch_cap:
             truncated = True
             break
         if exited:
@@ -357,6 +403,9 @@ def run(req, n):
         out = out[:cap]; truncated = True
     if len(err) > max(0, cap - len(out)):
         err = err[:max(0, cap - len(out))]; truncated = True
+    wipe(TMP)
+    wipe("/dev/shm")
+    dirty_after = dirty()
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     if sig == signal.SIGXCPU:
@@ -364,9 +413,7 @@ def run(req, n):
     send({"exit_code": code, "signal": sig, "stdout": out.decode("utf-8", "replace"),
           "stderr": err.decode("utf-8", "replace"), "timed_out": timed_out,
           "output_truncated": truncated, "elapsed": elapsed,
-          "channel": b"".join(bufs[ch_r])[:65536].hex()})
-    wipe(TMP)
-    wipe("/dev/shm")
+          "channel": b"".join(bufs[ch_r])[:ch_cap].hex(), "dirty": dirty_after})
 
 # Preload what tests commonly import (a fork then gets it for free), and record the classes
 # that exist before any untrusted code runs: the code harness trusts their dunders.
@@ -567,14 +614,90 @@ class Cgroup:
 
 
 # ----------------------------------------------------------------------------------- probe
+# Prints: pid (1 as pid 1), uid inside (65534) and the Seccomp mode (2 = filter). The host
+# uid cannot be read from inside (bubblewrap nests user namespaces): Sandbox._start checks it.
+_PROBE = r"""
+import os
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+print(os.getpid(), os.getuid(), status.get("Seccomp", "?").strip())
+"""
 _probe_lock = threading.Lock()
 _probed: dict[tuple, dict] = {}
 
 
-def _bwrap_args(config: SandboxConfig) -> list[str]:
+def host_ids(config: SandboxConfig) -> tuple[int, int] | None:
+    """(uid, gid) to drop to before bubblewrap, or None when the caller is already unprivileged.
+
+    bubblewrap maps the sandbox's user to the uid that started it: started by root, a process
+    inside is host root to every permission check outside its namespaces (/proc/sys, for
+    one). So a root caller drops to `host_uid` (default 65534, nobody) first, and uid 0 is
+    refused outright.
+    """
+    euid = os.geteuid()
+    uid = config.host_uid
+    if euid != 0:
+        if uid is not None and uid != euid:
+            raise SandboxUnavailable("uid", f"host_uid {uid} needs root to switch to; running as uid {euid}")
+        return None
+    uid = 65534 if uid is None else uid
+    if uid == 0:
+        raise SandboxUnavailable("uid", "refusing to run untrusted code as host uid 0; set host_uid "
+                                 "to an unprivileged uid (the default, 65534, is one)")
+    gid = config.host_gid if config.host_gid is not None else uid
+    if gid == 0:
+        raise SandboxUnavailable("uid", "refusing to run untrusted code with host gid 0")
+    for tool in ("setpriv", "unshare", "mount"):
+        if not shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin"):
+            raise SandboxUnavailable("uid", f"{tool} (util-linux) not found: it drops root before the sandbox")
+    return uid, gid
+
+
+_stage_lock = threading.Lock()
+_stage_dir: str | None = None
+
+
+def _stage() -> str:
+    """An empty directory a dropped uid can reach: the interpreter's prefix (under /root, say,
+    which nobody cannot enter) is bind-mounted onto it in a private mount namespace, so
+    bubblewrap running as that uid can bind it from there. The host never sees the mount."""
+    global _stage_dir
+    with _stage_lock:
+        if _stage_dir is None or not os.path.isdir(_stage_dir):
+            import tempfile
+
+            _stage_dir = tempfile.mkdtemp(prefix="rf-sbx-stage-")
+            os.chmod(_stage_dir, 0o755)
+            atexit.register(shutil.rmtree, _stage_dir, True)
+        return _stage_dir
+
+
+def _site_dirs(prefix: Path) -> list[str]:
+    """Third-party package folders under the bound system dirs: hidden from the sandbox (the
+    runs need the standard library only, and nothing else installed there is theirs to read)."""
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    out = []
+    for d in (prefix / "lib" / ver / "site-packages", Path("/usr/lib/python3/dist-packages"),
+              Path("/usr/local/lib") / ver / "dist-packages", Path("/usr/local/lib") / ver / "site-packages",
+              Path("/usr/lib") / ver / "site-packages"):
+        if d.is_dir() and str(d) not in out:
+            out.append(str(d))
+    return out
+
+
+def launch_argv(config: SandboxConfig, inner: list[str], cgroup_procs: list[str] = ()) -> tuple[list[str], int | None]:
+    """The argv that starts `inner` in the sandbox, and the read end of the pipe that carries
+    the seccomp program (the caller passes it to the child and closes it after the start).
+
+    The chain, outermost first: /bin/sh joins the cgroup(s) (still as the caller, which may
+    write them) and makes itself OOM-immune; as root, `unshare --mount` makes a private mount
+    namespace where the interpreter's prefix is bound onto a reachable stage dir, and
+    `setpriv` drops to the unprivileged host uid with no supplementary groups; then bubblewrap.
+    """
     py = config.interpreter()
     prefix = Path(py).resolve().parent.parent  # e.g. /usr or ~/.pyenv/versions/3.11.7
-    args = [
+    ids = host_ids(config)
+    stage = _stage() if ids is not None and not str(prefix).startswith("/usr") else None
+    bw = [
         config.bwrap_path, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
         "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv",
         "--hostname", "sandbox", "--ro-bind", "/usr", "/usr",
@@ -582,26 +705,56 @@ def _bwrap_args(config: SandboxConfig) -> list[str]:
     for d in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
         p = Path(d)
         if p.is_symlink():
-            args += ["--symlink", os.readlink(p), d]
+            bw += ["--symlink", os.readlink(p), d]
         elif p.is_dir():
-            args += ["--ro-bind", d, d]
+            bw += ["--ro-bind", d, d]
     for f in ("/etc/ld.so.cache", "/etc/localtime"):
         if Path(f).exists():
-            args += ["--ro-bind", f, f]
+            bw += ["--ro-bind", f, f]
     if not str(prefix).startswith("/usr"):
-        args += ["--ro-bind", str(prefix), str(prefix)]
+        bw += ["--ro-bind", stage or str(prefix), str(prefix)]
+    for d in _site_dirs(prefix):
+        bw += ["--tmpfs", d, "--remount-ro", d]
     # /dev is bwrap's own tmpfs: made read-only (a run could otherwise leave files there for
-    # the next run), with a small writable /dev/shm that the zygote wipes like /tmp.
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(config.tmpfs_mb << 20),
-             "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-             "--size", str(config.tmpfs_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp", "--setenv", "PATH", "/usr/bin:/bin",
-             "--setenv", "LANG", "C.UTF-8"]
-    return args
+    # the next run), with a small writable /dev/shm that the zygote wipes like /tmp. The root
+    # itself (bwrap's tmpfs, which has no size cap) is made read-only last, so /tmp and
+    # /dev/shm, both size-capped and wiped after every run, are the only writable places.
+    bw += ["--proc", "/proc", "--dev", "/dev", "--size", str(config.tmpfs_mb << 20),
+           "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+           "--size", str(config.tmpfs_mb << 20), "--tmpfs", "/tmp",
+           "--remount-ro", "/", "--chdir", "/tmp", "--setenv", "PATH", "/usr/bin:/bin",
+           "--setenv", "LANG", "C.UTF-8"]
+    seccomp_fd = None
+    if config.seccomp:
+        from .seccomp import deny_filter
+
+        try:
+            program = deny_filter()
+        except ValueError as e:
+            raise SandboxUnavailable("seccomp", str(e)) from e
+        r, w = os.pipe()
+        os.write(w, program)  # a few hundred bytes: fits the pipe buffer
+        os.close(w)
+        seccomp_fd = r
+        bw += ["--seccomp", str(r)]
+    argv = bw + inner
+    if ids is not None:
+        uid, gid = ids
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+        if stage:
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                    'mount --bind "$1" "$2" || exit 96; shift 2; exec "$@"', "sh", str(prefix), stage,
+                    *argv]
+    wrapper = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 97; '
+               'shift; done; shift; echo -1000 > /proc/$$/oom_score_adj; '
+               'PATH=/usr/bin:/bin:/usr/sbin:/sbin exec "$@"')
+    return ["/bin/sh", "-c", wrapper, "sh", *cgroup_procs, "--", *argv], seccomp_fd
 
 
 def probe(config: SandboxConfig) -> dict:
     """Check each layer once per (bwrap, python, cgroup) setting; raise SandboxUnavailable."""
-    key = (config.bwrap_path, config.interpreter(), config.cgroup, config.cgroup_parent)
+    key = (config.bwrap_path, config.interpreter(), config.cgroup, config.cgroup_parent,
+           config.host_uid, config.host_gid, config.seccomp)
     with _probe_lock:
         if key in _probed:
             return _probed[key]
@@ -626,22 +779,45 @@ def probe(config: SandboxConfig) -> dict:
             raise SandboxUnavailable("bwrap", f"{config.bwrap_path} is not an executable file "
                                      "(install bubblewrap: apt-get install bubblewrap)")
         try:
-            r = subprocess.run(
-                _bwrap_args(config) + [config.interpreter(), "-I", "-S", "-B", "-c",
-                                       "import os;print(os.getpid(), os.getuid())"],
-                capture_output=True, text=True, timeout=30, env={},
-            )
+            argv, sfd = launch_argv(config, [config.interpreter(), "-I", "-S", "-B", "-c", _PROBE])
+        except SandboxUnavailable:
+            raise
+        except OSError as e:
+            raise SandboxUnavailable("bwrap", str(e)) from e
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={},
+                               pass_fds=(sfd,) if sfd is not None else ())
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SandboxUnavailable("bwrap", str(e)) from e
-        if r.returncode != 0 or r.stdout.split() != ["1", "65534"]:
+        finally:
+            if sfd is not None:
+                os.close(sfd)
+        got = r.stdout.split()
+        if r.returncode != 0 or got[:2] != ["1", "65534"]:
             raise SandboxUnavailable("bwrap", f"test run failed (rc={r.returncode}): "
                                      f"{(r.stderr or r.stdout).strip()[-300:]}")
+        if config.seccomp and got[2:] != ["2"]:
+            raise SandboxUnavailable("seccomp", f"the filter is not loaded (Seccomp: {got[2:]})")
+        ids = host_ids(config)
+        layers["uid"] = ids[0] if ids else os.geteuid()
+        layers["seccomp"] = config.seccomp
         layers["bwrap"] = True
         cg = Cgroup.create(config, f"{CGROUP_PREFIX}probe-{os.getpid()}-{secrets.token_hex(3)}")
         layers["cgroup"] = cg.version
         cg.remove()
         _probed[key] = layers
         return layers
+
+
+def _proc_uids(pid: int) -> set[int]:
+    """Real, effective, saved and fs uids of a host process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return {int(x) for x in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
 
 
 # ----------------------------------------------------------------------------------- sandbox
@@ -691,13 +867,20 @@ class Sandbox:
             self._cg = Cgroup.create(cfg, f"{CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
             # Enter the cgroup before exec'ing bwrap, so that nothing runs outside it; and give
             # bwrap + zygote OOM immunity (the zygote's children set theirs back to +1000).
-            procs = self._cg.procs_files()
-            wrapper = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 97; '
-                       'shift; done; shift; echo -1000 > /proc/$$/oom_score_adj; exec "$@"')
-            argv = (["/bin/sh", "-c", wrapper, "sh", *procs, "--"] + _bwrap_args(cfg)
-                    + [cfg.interpreter(), "-I", "-S", "-B", "-c", _ZYGOTE, "1", "/tmp"])
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, env=env, start_new_session=True)
+            try:
+                argv, sfd = launch_argv(cfg, [cfg.interpreter(), "-I", "-S", "-B", "-c", _ZYGOTE, "1", "/tmp"],
+                                        self._cg.procs_files())
+            except BaseException:
+                self._cg.remove()
+                self._cg = None
+                raise
+            try:
+                self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, env=env, start_new_session=True,
+                                              pass_fds=(sfd,) if sfd is not None else ())
+            finally:
+                if sfd is not None:
+                    os.close(sfd)
         hello = self._recv(30.0)
         if not hello or "ready" not in hello:
             err = b""
@@ -709,6 +892,12 @@ class Sandbox:
                     pass
             self._stop()
             raise SandboxUnavailable("bwrap", f"zygote did not start: {err.decode(errors='replace')}")
+        if not self.unsafe:
+            want = host_ids(cfg)
+            uids = _proc_uids(self._proc.pid)
+            if want is not None and uids != {want[0]}:
+                self._stop()
+                raise SandboxUnavailable("uid", f"bubblewrap runs as host uids {sorted(uids)}, not {want[0]}")
 
     def _stop(self) -> None:
         p, self._proc = self._proc, None
@@ -773,7 +962,7 @@ class Sandbox:
 
     # -- one run
     def run(self, program: str, stdin: str = "", *, timeout_s: float | None = None,
-            secret: str | None = None) -> SandboxResult:
+            secret: str | None = None, channel_limit: int = 65536) -> SandboxResult:
         """Run `program` (Python source, as __main__) in a fresh process inside the sandbox.
 
         `secret`, when given, can be read once from fd 4 by the program (the harness reads it
@@ -785,7 +974,8 @@ class Sandbox:
               ("RLIMIT_NOFILE", cfg.open_files), ("RLIMIT_CORE", 0)]
         req = {"program": program, "stdin": stdin, "timeout": timeout,
                "cpu": int(math.ceil(cfg.cpu_s if cfg.cpu_s is not None else timeout + 1)),
-               "rlimits": rl, "output_limit": cfg.output_limit_bytes, "secret": secret}
+               "rlimits": rl, "output_limit": cfg.output_limit_bytes, "secret": secret,
+               "channel_limit": channel_limit}
         with self._lock:
             t0 = time.monotonic()
             resp = None
@@ -809,6 +999,9 @@ class Sandbox:
                 err_tail = resp["stderr"].rstrip().rsplit("\n", 1)[-1]
                 if resp["exit_code"] == 1 and err_tail.startswith("MemoryError"):
                     oom = True
+                if resp.get("dirty"):  # the wipe left something: the next run gets a fresh sandbox
+                    log.info("sandbox writable area not empty after a run; restarting the sandbox")
+                    self._stop()
                 return SandboxResult(
                     exit_code=resp["exit_code"], signal=resp["signal"],
                     stdout=resp["stdout"], stderr=resp["stderr"],
@@ -844,13 +1037,14 @@ def _close_all() -> None:
             pass
 
 
-def _cached_box(config: SandboxConfig) -> Sandbox:
+def _cached_box(config: SandboxConfig, role: str = "run") -> Sandbox:
+    """This thread's sandbox for `config` and `role` (the code verifier keeps its judge apart)."""
     boxes = getattr(_local, "boxes", None)
     if boxes is None:
         boxes = _local.boxes = {}
-    box = boxes.get(config)
+    box = boxes.get((config, role))
     if box is None:
-        box = boxes[config] = Sandbox(config)
+        box = boxes[(config, role)] = Sandbox(config)
     return box
 
 

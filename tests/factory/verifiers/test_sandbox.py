@@ -25,19 +25,14 @@ from factory.verifiers.sandbox import (
     Sandbox,
     SandboxConfig,
     SandboxUnavailable,
-    probe,
 )
+
+from .sandboxes import needs_sandbox
 
 CFG = SandboxConfig(timeout_s=2.0, memory_mb=256, cgroup_memory_mb=512, pids_max=32,
                     file_size_mb=8, output_limit_bytes=1 << 20)
 
-try:
-    probe(CFG)
-    _MISSING = None
-except SandboxUnavailable as e:  # pragma: no cover - depends on the machine
-    _MISSING = str(e)
-
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")
+pytestmark = needs_sandbox(CFG)
 
 ADD_TESTS = {"style": "asserts", "entry_point": "add",
              "asserts": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
@@ -389,3 +384,151 @@ def test_cgroup_v2_files_on_a_fake_hierarchy(tmp_path):
     assert (d / "memory.max").read_text() == str(300 << 20)
     assert (d / "memory.swap.max").read_text() == "0"
     assert cg.oom_kills() == 1 and cg.procs_files() == [str(d / "cgroup.procs")]
+
+
+# ------------------------------------------------------------------------- the host kernel
+KERNEL_FILES = ["/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches", "/proc/sys/kernel/panic",
+                "/proc/sys/kernel/modprobe", "/proc/sysrq-trigger", "/proc/sys/fs/file-max",
+                "/sys/kernel/mm/transparent_hugepage/enabled", "/sys/fs/cgroup/cgroup.procs",
+                "/proc/1/oom_score_adj"]
+
+
+def test_host_kernel_files_cannot_be_opened_for_writing(clean):
+    # Opened and closed at once, never written: the test must not change the host.
+    r = clean.run(f"""
+import os
+for p in {KERNEL_FILES!r}:
+    try:
+        fd = os.open(p, os.O_WRONLY)
+        os.close(fd)
+        print("OPENED", p)
+    except OSError as e:
+        print("denied", p, e.errno)
+""")
+    assert r.exit_code == 0, r.stderr
+    assert "OPENED" not in r.stdout, r.stdout
+    assert r.stdout.count("denied") == len(KERNEL_FILES)
+
+
+def test_runs_as_an_unprivileged_host_uid(clean):
+    from factory.verifiers.sandbox import _proc_uids
+
+    uids = {u for pid in clean._cg.pids() for u in _proc_uids(pid)}
+    assert uids and 0 not in uids, uids  # bwrap and the zygote, seen from the host
+    if os.geteuid() == 0:
+        assert uids == {65534}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the drop from host root needs the tests to run as root")
+def test_refuses_to_run_as_host_root():
+    for cfg in (SandboxConfig(host_uid=0), SandboxConfig(host_gid=0)):
+        with pytest.raises(SandboxUnavailable, match="uid|gid"):
+            Sandbox(cfg)
+        v = verify_code(GOOD, ADD_TESTS, config=cfg)
+        assert (v.status, v.detail) == ("error", "sandbox_error")
+
+
+def test_seccomp_refuses_what_untrusted_code_never_needs(clean):
+    r = clean.run("""
+import ctypes, os, threading, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(rc):
+    return ctypes.get_errno() if rc == -1 else 0
+out = {
+    "unshare_user": errno_of(libc.unshare(0x10000000)),
+    "unshare_net": errno_of(libc.unshare(0x40000000)),
+    "mount": errno_of(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+    "ptrace": errno_of(libc.ptrace(16, 1, None, None)),
+    "keyctl": errno_of(libc.syscall(250, 0, 0, 0, 0)),
+    "bpf": errno_of(libc.syscall(321, 0, 0, 0)),
+    "perf_event_open": errno_of(libc.syscall(298, 0, 0, -1, -1, 0)),
+    "shmget": errno_of(libc.shmget(1234, 4096, 0o1666)),
+    "msgget": errno_of(libc.msgget(1234, 0o1666)),
+    "userfaultfd": errno_of(libc.syscall(323, 0)),
+    "io_uring_setup": errno_of(libc.syscall(425, 1, None)),
+}
+print(out)
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(3)
+print("fork", os.waitpid(pid, 0)[1] >> 8)
+print(subprocess.run(["/bin/echo", "child-ok"], capture_output=True, text=True).stdout.strip())
+""")
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the raw syscall numbers in this test are x86-64's")
+    assert r.exit_code == 0, r.stderr
+    out = eval(r.stdout.splitlines()[0])
+    assert set(out.values()) == {1}, out  # EPERM for every one
+    assert "fork 3" in r.stdout and "child-ok" in r.stdout
+
+
+def test_seccomp_table_matches_the_kernel_headers():
+    import re as _re
+
+    from factory.verifiers.seccomp import DENIED, DENIED_X86_64, syscall_numbers
+
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if not header.exists():
+        pytest.skip(f"{header} not installed (Debian's linux-libc-dev)")
+    real = dict((m[0], int(m[1])) for m in _re.findall(r"#define __NR_(\w+) (\d+)", header.read_text()))
+    ours = syscall_numbers("x86_64")
+    for name in DENIED + DENIED_X86_64 + ("clone", "clone3"):
+        assert ours[name] == real[name], name
+
+
+def test_nothing_written_in_one_run_is_seen_by_the_next(clean):
+    r = clean.run("""
+import os, ctypes
+wrote = []
+for d in ("/tmp", "/dev/shm", "/tmp/job", "/root", "/etc", "/", "/var/tmp", "/home", "/usr", "/dev", "/proc"):
+    try:
+        with open(os.path.join(d, "left-behind"), "w") as f:
+            f.write("x")
+        wrote.append(d)
+    except OSError:
+        pass
+os.makedirs("/tmp/locked/inner", exist_ok=True)
+open("/tmp/locked/inner/f", "w").write("x")
+os.chmod("/tmp/locked/inner", 0)
+os.chmod("/tmp/locked", 0)
+print(sorted(wrote))
+""")
+    assert r.exit_code == 0, r.stderr
+    assert eval(r.stdout.splitlines()[-1]) <= ["/dev/shm", "/tmp", "/tmp/job"]
+    r = clean.run("""
+import os
+found = []
+for root in ("/tmp", "/dev/shm", "/root", "/etc", "/", "/var", "/home"):
+    for dirpath, dirs, files in os.walk(root):
+        if dirpath.startswith(("/proc", "/sys", "/usr", "/dev/pts")):
+            dirs[:] = []
+            continue
+        found += [os.path.join(dirpath, f) for f in files if "left-behind" in f]
+print(found, os.path.exists("/tmp/locked"), sorted(os.listdir("/tmp")))
+""")
+    assert r.stdout.split("\n")[0] == "[] False ['job']", r.stdout + r.stderr
+
+
+def test_a_run_cannot_fill_the_worker(clean):
+    # The root of the sandbox is read-only and /tmp is size-capped: a run that tries to leave
+    # gigabytes behind stops at the cap, and the next run finds an empty, usable /tmp.
+    r = clean.run("""
+import os
+total = 0
+for d in ("/", "/root", "/etc", "/tmp", "/dev/shm"):
+    for i in range(64):
+        try:
+            with open(os.path.join(d, "fill-%d" % i), "wb") as f:
+                f.write(b"x" * (4 << 20))
+            total += 4 << 20
+        except OSError:
+            break
+print(total >> 20)
+""")
+    assert r.exit_code == 0, r.stderr
+    assert int(r.stdout.split()[-1]) <= 2 * CFG.tmpfs_mb + 8  # /tmp and /dev/shm only
+    r = clean.run("open('/tmp/ok', 'wb').write(b'y' * (1 << 20)); print(len(__import__('os').listdir('/tmp')))")
+    assert r.exit_code == 0 and r.stdout.strip() == "2", r.stdout + r.stderr  # job + ok
