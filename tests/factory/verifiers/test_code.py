@@ -1,5 +1,5 @@
 """The code verifier on real data: HumanEvalPack-Python (canonical pass, buggy fail) and MBPP
-(972/974 reference solutions pass; ids 367 and 927 are known broken), plus answer extraction and
+(971/974 reference solutions pass; 367, 601 and 927 cannot be judged from plain data), plus answer extraction and
 the stdin/stdout style. Runs through the real sandbox with parallel workers; skipped, with the
 reason, where the data or the sandbox is missing."""
 
@@ -12,20 +12,16 @@ from pathlib import Path
 import pytest
 
 from factory.verifiers.code import extract_code, verify_code, verify_code_batch
-from factory.verifiers.sandbox import Sandbox, SandboxConfig, SandboxUnavailable, probe
+from factory.verifiers.sandbox import Sandbox, SandboxConfig
+
+from .sandboxes import needs_sandbox as sandbox_mark
 
 DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 CODE = DATA / "code"
 CFG = SandboxConfig(timeout_s=10.0)  # MBPP 123 (amicable numbers) needs ~4 s of CPU
 WORKERS = 2
 
-try:
-    probe(CFG)
-    _MISSING = None
-except SandboxUnavailable as e:  # pragma: no cover - depends on the machine
-    _MISSING = str(e)
-
-needs_sandbox = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")
+needs_sandbox = sandbox_mark(CFG)
 
 
 def _rows(name: str) -> list[dict]:
@@ -64,6 +60,23 @@ def test_bad_tests_are_unverifiable():
 
 
 # ------------------------------------------------------------------------- stdio style
+@pytest.mark.parametrize("text", ["```" + "x" * 200_000, "```" + "python" * 40_000,
+                                  "```\n" * 60_000, "``" * 100_000, "```py" + " " * 200_000])
+def test_extraction_is_linear_on_hostile_text(text):
+    import time
+
+    t0 = time.process_time()
+    extract_code(text)
+    assert time.process_time() - t0 < 1.0  # the old regex took 22 CPU s on the first one
+
+
+def test_malformed_timeouts_are_unverifiable():
+    for bad in ("abc", -1, 0, float("nan"), 10**9, True, [1]):
+        v = verify_code("def f(): pass", {"style": "asserts", "asserts": ["assert f() is None"],
+                                          "timeout_s": bad}, config=CFG)
+        assert v.status == "unverifiable" and "timeout_s" in v.reason, (bad, v)
+
+
 @needs_sandbox
 def test_stdio_style():
     tests = {"style": "stdio", "cases": [{"stdin": "1 2\n", "stdout": "3"},
@@ -119,7 +132,11 @@ def test_mbpp_reference_solutions():
     items = [(r["code"], {"style": "asserts", "asserts": r["test_list"],
                           "setup": r["test_setup_code"]}) for r in rows]
     verdicts = verify_code_batch(items, CFG, workers=WORKERS)
-    failed = sorted(r["task_id"] for r, v in zip(rows, verdicts) if v.status != "pass")
+    failed = {r["task_id"]: (v.status, v.reason) for r, v in zip(rows, verdicts) if v.status != "pass"}
     assert len(rows) == 974
-    assert failed == [367, 927]
-    assert all(v.status == "fail" for v in verdicts if v.status != "pass")
+    # 367 and 927: the test setup needs the answer's own class (it raises NameError without
+    # it); 601: the tests build objects of the answer's class Pair. Neither is plain data that
+    # a judge apart from the answer can check, so both are unverifiable, never a pass.
+    assert sorted(failed) == [367, 601, 927]
+    assert {s for s, _ in failed.values()} == {"unverifiable"}
+    assert "class Pair" in failed[601][1]
