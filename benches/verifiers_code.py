@@ -5,9 +5,12 @@
 Both sides run the HumanEvalPack-Python canonical solutions (../shared/data/code/
 humanevalpack_python.jsonl, 164 problems, each repeated R times) with the same number of
 workers (default 2):
-- ours: `verify_code_batch` — cgroup + bubblewrap + empty environment, one long-lived sandbox
-  per worker whose zygote forks ONE fresh process per test (own rlimits, fresh work dir, the
-  whole process tree killed after it), the verdict decided outside by a nonce;
+- ours: `verify_code_batch` — cgroup + bubblewrap + seccomp + unprivileged uid, two long-lived
+  sandboxes per worker (candidate and judge) whose zygotes fork ONE fresh process per run; the
+  judge records the calls, the candidate box computes them, the judge replays the tests on the
+  returned data (three runs per test for most tests);
+- v1 (info): the design this replaced (commit c2aee3f), loaded from git when the history is
+  there: one run per test, the verdict decided in the candidate's own process by a nonce;
 - peer: the usual evaluation harness: for each test a fresh `python -I prog.py` (prompt +
   solution + test + `check(entry_point)`), rlimits set in the child (CPU, address space, file
   size, open files, no core), no namespaces, no cgroup; pass = exit status 0.
@@ -81,6 +84,32 @@ def ours(rows: list[dict], cfg: SandboxConfig, workers: int) -> tuple[float, int
     return time.perf_counter() - t0, sum(v.status == "pass" for v in verdicts)
 
 
+V1_COMMIT = "c2aee3f"
+
+
+def v1_batch():
+    """verify_code_batch of the in-process harness (commit c2aee3f), or None without git."""
+    import types
+
+    try:
+        src = subprocess.run(["git", "show", f"{V1_COMMIT}:factory/verifiers/code.py"], cwd=_HERE,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    mod = types.ModuleType("factory.verifiers._code_v1")
+    mod.__package__ = "factory.verifiers"
+    exec(compile(src, "code_v1.py", "exec"), mod.__dict__)
+    return mod.verify_code_batch
+
+
+def timed(batch, rows: list[dict], cfg: SandboxConfig, workers: int) -> tuple[float, int]:
+    items = [(r["canonical_solution"], {"style": "asserts", "entry_point": r["entry_point"],
+                                        "test": r["test"], "prompt": r["prompt"]}) for r in rows]
+    t0 = time.perf_counter()
+    verdicts = batch(items, cfg, workers=workers)
+    return time.perf_counter() - t0, sum(v.status == "pass" for v in verdicts)
+
+
 def run(args) -> list[dict]:
     if not DATA.exists():
         raise SystemExit(f"benchmark data missing: {DATA}")
@@ -91,9 +120,15 @@ def run(args) -> list[dict]:
     peer(base[:4], cfg, 1)
     t_ours, ok_ours = ours(rows, cfg, args.workers)
     t_peer, ok_peer = peer(rows, cfg, args.workers)
+    old = v1_batch()
+    t_v1, ok_v1 = timed(old, rows, cfg, args.workers) if old else (float("nan"), 0)
     n = len(rows)
     r_ours, r_peer = n / t_ours, n / t_peer
+    ms = lambda t: round(1000 * t * args.workers / n, 1)  # noqa: E731 - CPU-slot ms per test
     return [
+        {"measure": "ms per test per worker", "ours": ms(t_ours), "peer": ms(t_peer),
+         "ratio": round(t_ours / t_peer, 2), "goal": f"v1 ({V1_COMMIT}): {ms(t_v1)} ms, {ok_v1}/{n} passed",
+         "met": ""},
         {"measure": f"HumanEvalPack canonical tests/s ({args.workers} workers, {n} tests)",
          "ours": round(r_ours, 1), "peer": round(r_peer, 1), "ratio": round(r_ours / r_peer, 2),
          "goal": f">= {GOAL}x", "met": r_ours / r_peer >= GOAL},
@@ -115,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
     out = [line, "-" * len(line)]
     for r in results:
-        out.append("  ".join(str(r[c] if c != "met" else ("yes" if r[c] else "no")).ljust(w)
+        out.append("  ".join(str(r[c] if c != "met" or r[c] == "" else ("yes" if r[c] else "no")).ljust(w)
                              for c, w in zip(cols, widths)))
     sys.stdout.write("\n".join(out) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)

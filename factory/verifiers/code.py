@@ -246,8 +246,8 @@ def _rf_codec(pending=None):
     return enc, dec, NotPlain, PendingArg
 """
 
-# The candidate runner: runs in the candidate box as __main__. PAYLOAD (a JSON literal) holds the
-# code and the calls; the calls are decoded before the candidate's code runs. It writes one JSON
+# The candidate runner: runs in the candidate box as __main__. Its stdin (JSON) holds the code
+# and the calls, read and decoded before the candidate's code runs. It writes one JSON
 # document on fd 3: {"results": [...]} in call order, or {"load": reason} when the code itself
 # did not load. Nothing here is trusted: whatever it writes is only data for the judge.
 _RUNNER = _CODEC + r"""
@@ -307,7 +307,7 @@ def _rf_run(payload):
             entry["after"] = after
         results.append(entry)
     out({"results": results})
-_rf_run(__import__("json").loads(PAYLOAD))
+_rf_run(__import__("json").loads(__import__("sys").stdin.read()))
 """
 
 # The judge: runs in the judge box (its own sandbox), with the test and the results known so far
@@ -604,10 +604,9 @@ def _judge_payload(tests: dict) -> dict:
     return payload
 
 
-def _runner(code: str, setup: str, calls: list[dict]) -> str:
-    payload = {"code": code, "setup": setup,
-               "calls": [{"name": c["name"], "args": c["args"], "kwargs": c["kwargs"]} for c in calls]}
-    return _RUNNER.replace("PAYLOAD", repr(json.dumps(payload)))
+def _runner_input(code: str, setup: str, calls: list[dict]) -> str:
+    return json.dumps({"code": code, "setup": setup,
+                       "calls": [{"name": c["name"], "args": c["args"], "kwargs": c["kwargs"]} for c in calls]})
 
 
 def _channel_doc(r: SandboxResult) -> dict | None:
@@ -678,7 +677,7 @@ def _run_asserts(box: Sandbox, judge: Sandbox, code: str, tests: dict, t0: float
 
     for _round in range(MAX_ROUNDS + 1):
         req = json.dumps({"payload": payload, "table": table, "budget_s": max(0.5, timeout * 0.8)})
-        jr = judge.run(_JUDGE, req, timeout_s=timeout, channel_limit=RESULT_LIMIT)
+        jr = judge.run(_JUDGE, req, timeout_s=timeout, channel_limit=RESULT_LIMIT, trusted_program=True)
         if jr.sandbox_error:
             return Verdict.errored(CHECK, f"judge: {jr.sandbox_error}", code, detail="sandbox_error", elapsed_s=el())
         doc = _channel_doc(jr)
@@ -700,8 +699,8 @@ def _run_asserts(box: Sandbox, judge: Sandbox, code: str, tests: dict, t0: float
         if not isinstance(need, list) or not need:
             return Verdict.errored(CHECK, "the judge answered neither a verdict nor calls", code,
                                    detail="judge_error", elapsed_s=el())
-        r = box.run(_runner(candidate, payload["setup"], need), "", timeout_s=timeout,
-                    channel_limit=RESULT_LIMIT)
+        r = box.run(_RUNNER, _runner_input(candidate, payload["setup"], need), timeout_s=timeout,
+                    channel_limit=RESULT_LIMIT, trusted_program=True)
         if r.sandbox_error:
             return Verdict.errored(CHECK, r.sandbox_error, code, detail="sandbox_error", elapsed_s=el())
         detail, reason = _failure(r)
