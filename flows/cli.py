@@ -5,12 +5,13 @@
     factory --help
 
 Exit codes: 0 ok, 1 the job failed, 2 bad input (the message names the file, row or field).
-Data goes to stdout; messages and progress go to stderr.
+Data goes to stdout; messages and progress go to stderr. Every output file is written through
+`storage.files.atomic_output`: beside the target first, then renamed over it; an output path
+that is a device, a folder or a symlink, or in a folder that does not exist, is bad input.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import re
@@ -26,6 +27,7 @@ from rich.table import Table
 from factory import ingest as ingest_mod
 from storage import BadInput, FactoryError, Lake, LakeBusy
 from storage.errors import bad_rows
+from storage.files import atomic_output, check_output
 
 app = typer.Typer(
     name="factory",
@@ -264,7 +266,7 @@ _DATASET_REF = re.compile(r"^(?P<name>[A-Za-z0-9._-]+?)(?:@(?P<version>\d+))?$")
 def export(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", help="NAME or NAME@VERSION [default version: the newest].")],
     format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="jsonl or parquet.")] = "jsonl",
-    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="File to write.")] = ...,
+    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="File to write, in an existing folder; a regular file there is replaced whole when done, a device, folder or symlink is refused.")] = ...,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
@@ -277,6 +279,7 @@ def export(
         if not m:
             raise BadInput(f"dataset {dataset!r}: expected NAME or NAME@VERSION")
         version = int(m["version"]) if m["version"] else None
+        check_output(output)  # a device, link or missing folder fails before the lake is read
         with Lake.open(store, catalog, create=False) as lake:
             ds = lake.dataset(m["name"], version)
             reader = lake.dataset_reader(ds.name, ds.version)
@@ -289,7 +292,7 @@ def export(
 
 def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> int:
     """Stream batches to a file; a failure leaves no half-written file behind."""
-    with _atomic(output) as tmp:
+    with atomic_output(output) as tmp:
         if format == "parquet":
             import pyarrow.parquet as pq
 
@@ -302,17 +305,6 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> in
             with open(tmp, "w", encoding="utf-8") as fh:
                 rows = _write_jsonl(reader, fh)
     return rows
-
-
-@contextlib.contextmanager
-def _atomic(output: Path):
-    """A temporary path that replaces `output` only when the block succeeds."""
-    tmp = output.with_name(output.name + ".partial")
-    try:
-        yield tmp
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- verify ---------------------------------------------------------------------------
@@ -330,14 +322,18 @@ def verify(
     def job() -> None:
         from factory.verification import read_verify_rows, run_verifier
 
+        if output is not None:
+            check_output(output)  # before the checks run, not after
         rows = read_verify_rows(input, verifier)
         with err.status(f"verifying {len(rows)} row(s) with {verifier}"):
             if timeout is not None and timeout <= 0:
                 raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
             results = run_verifier(rows, verifier, timeout_s=timeout)
-        with _open_out(output) as fh:
+        if output is not None:
+            _write_rows(results, output)
+        else:
             for r in results:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
         counts: dict[str, int] = {}
         for r in results:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -367,7 +363,7 @@ def _read_rows(input: Path, column: str) -> list[dict]:
 
 def _write_rows(rows: list[dict], output: Path) -> None:
     """JSONL, or Parquet when the output ends in .parquet; atomically."""
-    with _atomic(output) as tmp:
+    with atomic_output(output) as tmp:
         if output.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
@@ -399,6 +395,7 @@ def dedup(
             raise BadInput("--ngram and --keep must be at least 1")
         from factory.dedup import dedup_records
 
+        check_output(output)
         rows = _read_rows(input, column)
         with err.status(f"deduplicating {len(rows)} row(s)"):
             try:
@@ -433,6 +430,7 @@ def decontaminate(
             raise BadInput(f"--kind {kind!r}: expected problem or response")
         if ngram < 2:
             raise BadInput(f"--ngram {ngram}: expected at least 2")
+        check_output(output)
         rows = _read_rows(input, column)
         extra = {"min_score": min_score} if min_score is not None else {}
         with err.status(f"checking {len(rows)} row(s) against {len(names)} benchmark(s)"):
