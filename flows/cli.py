@@ -80,11 +80,17 @@ def ingest(
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Load JSONL, Parquet or CSV rows into the problems or samples table (once per file and options)."""
+    """Load JSONL, Parquet or CSV rows into the problems or samples table (once per file and options).
+
+    A table keeps one row per problem_id (problems) or sample_id (samples): a row whose id is
+    already in the table, or earlier in the file, is skipped, and the count is reported.
+    """
 
     def job() -> None:
         mapping = ingest_mod.parse_assignments(map_, "--map")
         constants = ingest_mod.parse_assignments(set_, "--set")
+        if skip_bad_rows and rejects is not None:
+            check_output(rejects)  # before reading: a bad --rejects path fails at once
         with err.status(f"reading {input}"):
             data, bad = ingest_mod.read_table(input, table, mapping, constants, source)
         unit = ingest_mod.position_unit(input)
@@ -93,18 +99,24 @@ def ingest(
                 [r.describe(str(input), unit) for r in bad],
                 "nothing ingested (use --skip-bad-rows to keep the good ones)",
             )
-        key = ingest_mod.ingest_key(input, table, mapping, constants, source)
-        run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        with Lake.open(store, catalog) as lake, err.status(f"committing {data.num_rows} row(s) to {table}"):
-            result = lake.commit(table, data, batch_key=key, run_id=run)
-        if bad:
+        if bad:  # written before the commit: a rejects file that cannot be written stops the ingest
             out = rejects or input.with_name(input.name + ".rejects.jsonl")
             ingest_mod.write_rejects(bad, out)
             err.print(f"{len(bad)} bad row(s) skipped, written to {out}", markup=False)
-        if result.committed:
-            err.print(f"ingested {result.rows} row(s) into {table} (run {run})", markup=False)
-        else:
+        key = ingest_mod.ingest_key(input, table, mapping, constants, source)
+        run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        id_column = ingest_mod.ID_COLUMN[table]
+        with Lake.open(store, catalog) as lake, err.status(f"committing {data.num_rows} row(s) to {table}"):
+            known = lake.existing(table, id_column, set(data.column(id_column).to_pylist()))
+            data, repeats, already = ingest_mod.drop_duplicates(data, table, known)
+            result = lake.commit(table, data, batch_key=key, run_id=run)
+        if not result.committed:
             err.print(f"already ingested: {input} with these options is in {table}; nothing written", markup=False)
+            return
+        if repeats or already:
+            err.print(f"skipped {repeats + already} duplicate {id_column}(s): {repeats} repeated in {input}, "
+                      f"{already} already in {table}", markup=False)
+        err.print(f"ingested {result.rows} row(s) into {table} (run {run})", markup=False)
 
     _run(job)
 
