@@ -1,6 +1,8 @@
 """Read seed sets and existing trace datasets (JSONL, Parquet, CSV) into rows of a lake table.
 
     table, rejects = read_table("gsm8k.jsonl", "problems", mapping={"problem": "question"})
+    known = lake.existing("problems", "problem_id", table.column("problem_id").to_pylist())
+    table, repeats, already = drop_duplicates(table, "problems", known)
     lake.commit("problems", table, batch_key=ingest_key(...))
 
 `mapping` says which input column fills which table field (`field=column`); input columns
@@ -8,9 +10,13 @@ named like a field fill it directly; other columns are kept in `metadata` (JSON)
 of a seed set is lost. `constants` set a field for every row (`--set model=deepseek-r1`).
 Each bad row becomes a `Reject` with its line (JSONL, CSV) or row number (Parquet), the field
 and what was expected; the caller decides whether one reject fails the whole ingest.
+A table holds one row per id (`problem_id`, `sample_id`): `drop_duplicates` keeps the first
+row of each id and drops the ids the table already holds.
 
 Limits: the whole input is held in memory as Arrow (fine for seed sets up to a few million
-rows); a streaming multi-batch ingest would need a batch key per chunk.
+rows); a streaming multi-batch ingest would need a batch key per chunk. Two ingests of
+overlapping files running at the same moment may both add an id (each checks the table before
+it commits).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import pyarrow.parquet as pq
 
 from storage import schemas
 from storage.errors import BadInput
+from storage.files import atomic_output
 
 from .records import content_hash, problem_id
 
@@ -105,6 +112,12 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict | None, str | Non
                     except json.JSONDecodeError as exc:
                         yield n, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
                         continue
+                    except RecursionError:
+                        yield n, None, "invalid JSON (nested too deeply)"
+                        continue
+                    except ValueError as exc:  # an integer of more than 4300 digits (Python's limit)
+                        yield n, None, f"invalid JSON ({str(exc).split(':')[0]})"
+                        continue
                     if not isinstance(rec, dict):
                         yield n, None, f"expected a JSON object, got {type(rec).__name__}"
                         continue
@@ -151,22 +164,39 @@ def _json_text(field: str, v: Any) -> str | None:
         raise RowError(field, f"expected JSON-serialisable data ({exc})") from exc
 
 
-def _number(field: str, v: Any, integer: bool) -> float | int | None:
+def _number(field: str, v: Any, bits: int | None) -> float | int | None:
+    """A float, or with `bits` an integer that fits a signed integer of that many bits."""
     if v is None:
         return None
     if isinstance(v, bool):
         raise RowError(field, f"expected a number, got a boolean {v!r}")
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise RowError(field, f"expected a number, got {v!r}") from None
-    if math.isnan(x):
-        return None
-    if integer:
+    if isinstance(v, int) and bits is not None:
+        n = v  # not through float: that would round integers above 2**53
+    else:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise RowError(field, f"expected a number, got {_short(v)}") from None
+        except OverflowError:  # an int beyond a float's range
+            raise RowError(field, f"expected a finite number, got {_short(v)}") from None
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            raise RowError(field, f"expected a finite number, got {_short(v)}")
+        if bits is None:
+            return x
         if not x.is_integer():
-            raise RowError(field, f"expected an integer, got {v!r}")
-        return int(x)
-    return x
+            raise RowError(field, f"expected an integer, got {_short(v)}")
+        n = int(x)
+    if not -(2 ** (bits - 1)) <= n < 2 ** (bits - 1):
+        raise RowError(field, f"expected an integer that fits {bits} bits, got {_short(v)}")
+    return n
+
+
+def _short(v: Any, limit: int = 40) -> str:
+    """repr(v), cut: a bad value may be 4,000 digits long."""
+    text = repr(v) if not isinstance(v, int) or v.bit_length() < 128 else f"an integer of {len(str(abs(v)))} digits"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _string_list(field: str, v: Any) -> list[str] | None:
@@ -206,9 +236,9 @@ def _coercer(t: pa.DataType, name: str) -> Callable[[str, Any], Any]:
     if pa.types.is_string(t):
         return _text
     if pa.types.is_integer(t):
-        return lambda f, v: _number(f, v, integer=True)
+        return lambda f, v: _number(f, v, bits=t.bit_width)
     if pa.types.is_floating(t):
-        return lambda f, v: _number(f, v, integer=False)
+        return lambda f, v: _number(f, v, bits=None)
     if pa.types.is_list(t) and pa.types.is_struct(t.value_type):
         return _messages
     if pa.types.is_list(t):
@@ -323,6 +353,8 @@ def read_table(
             rows.append(shape_row(table, record, mapping, constants, source))
         except RowError as exc:
             rejects.append(Reject(pos, exc.field, str(exc), record))
+        except RecursionError:  # a JSON text inside a field (messages, tests), nested too deeply
+            rejects.append(Reject(pos, None, "a value is nested too deeply", None))
     schema = pa.schema(_fields(table))
     return pa.Table.from_pylist(rows, schema=schema), rejects
 
@@ -337,6 +369,30 @@ def ingest_key(path: str | Path, table: str, mapping: dict[str, str], constants:
 
 
 def write_rejects(rejects: list[Reject], out: str | Path) -> None:
-    with open(out, "w", encoding="utf-8") as fh:
+    """The rejects as JSON lines (line, field, error, record), written atomically (BadInput
+    when `out` cannot be written: see storage.files)."""
+    with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in rejects:
             fh.write(json.dumps({"line": r.line, "field": r.field, "error": r.error, "record": r.record}, default=str) + "\n")
+
+
+ID_COLUMN = {"problems": "problem_id", "samples": "sample_id"}
+
+
+def drop_duplicates(data: pa.Table, table: str, known: set[str] | frozenset[str] = frozenset()) -> tuple[pa.Table, int, int]:
+    """The rows of `data` with an id (`ID_COLUMN[table]`) seen for the first time: the first row
+    of each id, and none whose id is in `known` (the ids the table already holds). Returns the
+    rows kept, how many repeated an id within `data`, and how many had a `known` id."""
+    seen: set[str] = set()
+    keep: list[int] = []
+    repeats = already = 0
+    for i, v in enumerate(data.column(ID_COLUMN[table]).to_pylist()):
+        if v in known:
+            already += 1
+        elif v in seen:
+            repeats += 1
+        else:
+            seen.add(v)
+            keep.append(i)
+    kept = data if len(keep) == data.num_rows else data.take(pa.array(keep, pa.int64()))
+    return kept, repeats, already

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from storage.errors import BadInput
 
@@ -42,6 +44,24 @@ from .teachers.base import Endpoint, Price, Sampling, TeacherConfig
 from .yaml_config import load_yaml_model
 
 VERIFIERS = ("math", "code", "choice", "exact", "regex", "auto")
+
+# A recipe or dataset name: it becomes part of run ids and is what `factory export` is given, so
+# no path separators and no leading dot (`../../evil/x` is refused at load, before any request).
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+NAME_RULE = "letters, digits, '.', '_', '-' (not first: '.')"
+
+
+def _name(v: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, v) or len(v) > 128:
+        raise ValueError(f"{v[:60]!r}: expected a name of 1 to 128 {NAME_RULE}")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_name)]
+_MAX_SAMPLES = 1024  # samples of one problem: more is a typo, and a bill
+_DAY_S = 86_400.0
+_MAX_COUNT = 10_000_000  # problems a generator or the teacher writes for one source
+_INT64 = 2**63  # integers are stored in the lake's int64 columns and JSON
 
 # The R1 paper's instruction for math; code asks for one fenced block (the code verifier reads it).
 DEFAULT_TEMPLATES = {
@@ -63,20 +83,20 @@ class TeacherSpec(_Strict):
     name: str | None = Field(None, description="our name for it, stored in samples.teacher (default: the model)")
     base_url: str | list[str] | None = Field(None, description="openai backend: one base URL or a list (load-balanced)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
-    samples_per_problem: int = Field(4, ge=1, le=1024)
+    samples_per_problem: int = Field(4, ge=1, le=_MAX_SAMPLES)
     sampling: Sampling = Field(default_factory=Sampling)
-    max_concurrency: int = Field(64, ge=1, description="groups in flight per endpoint")
+    max_concurrency: int = Field(64, ge=1, le=10_000, description="groups in flight per endpoint")
     price: Price = Field(default_factory=Price)
     api: Literal["chat", "completions"] = "chat"
     supports_n: bool = True
-    max_n: int = Field(16, ge=1)
-    context_window: int | None = Field(None, ge=1)
-    request_timeout_s: float = Field(600.0, gt=0)
-    stall_timeout_s: float = Field(60.0, gt=0)
+    max_n: int = Field(16, ge=1, le=1024)
+    context_window: int | None = Field(None, ge=1, le=100_000_000)
+    request_timeout_s: float = Field(600.0, gt=0, le=_DAY_S)
+    stall_timeout_s: float = Field(60.0, gt=0, le=_DAY_S)
     stream: bool = False
     revision: str | None = None
-    tensor_parallel_size: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, le=1024)
+    batch_size: int = Field(8, ge=1, le=100_000)
     device: str | None = None
     gguf_file: str | None = None
 
@@ -126,13 +146,13 @@ class AdaptiveSpec(_Strict):
     give it more, in rounds (each round doubles its samples) up to `max_samples_per_problem`.
     Off when `accepted_per_problem` is None: every problem gets samples_per_problem."""
 
-    accepted_per_problem: int | None = Field(None, ge=1)
-    max_samples_per_problem: int = Field(16, ge=1)
+    accepted_per_problem: int | None = Field(None, ge=1, le=_MAX_SAMPLES)
+    max_samples_per_problem: int = Field(16, ge=1, le=_MAX_SAMPLES)
 
 
 class DecontaminateSpec(_Strict):
     benchmarks: str | list[str] = Field("all", description="'all' or names from the benchmark registry")
-    ngram: int = Field(13, ge=3)
+    ngram: int = Field(13, ge=3, le=1000)
     enabled: bool = True
 
     @field_validator("benchmarks")
@@ -150,13 +170,13 @@ class DecontaminateSpec(_Strict):
 
 class DedupSpec(_Strict):
     threshold: float = Field(0.8, gt=0, le=1)
-    ngram: int = Field(5, ge=1)
-    per_problem: int = Field(1, ge=1, description="near-duplicate responses kept per cluster within a problem")
+    ngram: int = Field(5, ge=1, le=1000)
+    per_problem: int = Field(1, ge=1, le=_MAX_SAMPLES, description="near-duplicate responses kept per cluster within a problem")
     problems: bool = Field(True, description="also drop near-duplicate problems before sampling")
 
 
 class DatasetSpec(_Strict):
-    name: str = Field(..., min_length=1)
+    name: Name
     description: str | None = None
 
 
@@ -172,11 +192,11 @@ class RunnerSpec(_Strict):
 
     kind: Literal["thread", "dask", "ray"] = "thread"
     address: str | None = None
-    max_workers: int | None = Field(None, ge=1)
+    max_workers: int | None = Field(None, ge=1, le=1024)
 
 
 class Recipe(_Strict):
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    name: Name
     questions: list[QuestionSource] = Field(..., min_length=1)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
@@ -189,8 +209,8 @@ class Recipe(_Strict):
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     dataset: DatasetSpec | None = None
     batch_size: int = Field(256, ge=1, le=100_000, description="records per task")
-    verify_timeout_s: float = Field(10.0, gt=0)
-    sandbox_workers: int = Field(2, ge=1, description="code sandboxes run at once")
+    verify_timeout_s: float = Field(10.0, gt=0, le=_DAY_S)
+    sandbox_workers: int = Field(2, ge=1, le=1024, description="code sandboxes run at once")
     task_runner: RunnerSpec = Field(default_factory=RunnerSpec)
 
     @field_validator("verify")
@@ -223,8 +243,55 @@ class Recipe(_Strict):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    recipe = load_yaml_model(path, Recipe, what="recipe")
-    return recipe
+    """The validated recipe; BadInput (file:line: key path: expected) for anything wrong in it,
+    including what only shows outside the model: seed files that do not exist, numbers out of
+    range, one setting contradicting another. All of it before a teacher is paid."""
+    base_dir = Path(path).parent
+    return load_yaml_model(path, Recipe, what="recipe", check=lambda r: recipe_problems(r, base_dir))
+
+
+def recipe_problems(recipe: Recipe, base_dir: Path) -> list[tuple[tuple, str]]:
+    """(key path, what was expected) for each problem of a validated recipe."""
+    from .questions import GeneratorSource, SeedSource, TeacherWrittenSource
+
+    problems = list(_out_of_range(recipe.model_dump(mode="python", by_alias=True), ()))
+    for i, src in enumerate(recipe.questions):
+        if isinstance(src, SeedSource):
+            path = Path(src.path).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            ok = path.is_dir() if src.source == "hf" else path.is_file()
+            if not ok:
+                what = "a folder written by datasets' save_to_disk" if src.source == "hf" else f"a {src.source} file"
+                problems.append((("questions", i, "path"), f"{path} does not exist or is not {what} (a relative path is from the recipe's folder)"))
+        elif isinstance(src, (GeneratorSource, TeacherWrittenSource)) and src.count > _MAX_COUNT:
+            problems.append((("questions", i, "count"), f"expected at most {_MAX_COUNT:,} problems per source"))
+    t, ad = recipe.teacher, recipe.adaptive
+    if t.context_window is not None and t.sampling.max_tokens >= t.context_window:
+        problems.append((("teacher", "sampling", "max_tokens"), f"expected fewer than context_window ({t.context_window}) tokens, leaving room for the prompt"))
+    if ad.accepted_per_problem is not None:
+        if ad.accepted_per_problem > ad.max_samples_per_problem:
+            problems.append((("adaptive", "accepted_per_problem"), f"expected at most max_samples_per_problem ({ad.max_samples_per_problem}): no problem could reach it"))
+        if ad.max_samples_per_problem < t.samples_per_problem:
+            problems.append((("adaptive", "max_samples_per_problem"), f"expected at least teacher.samples_per_problem ({t.samples_per_problem})"))
+    fc = recipe.filter_config_model()
+    if fc.min_words > fc.max_words:
+        problems.append((("filter_config", "min_words"), f"expected at most max_words ({fc.max_words})"))
+    return problems
+
+
+def _out_of_range(value: Any, loc: tuple) -> Iterator[tuple[tuple, str]]:
+    """Every number pydantic's bounds let through that the run cannot use: a float that is not
+    finite (`.inf`, `.nan`) or an integer beyond 64 bits."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _out_of_range(v, (*loc, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _out_of_range(v, (*loc, i))
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield loc, f"expected a finite number, got {value}"
+    elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        yield loc, "expected an integer of at most 64 bits"
 
 
 def recipe_hash(recipe: Recipe) -> str:

@@ -5,12 +5,13 @@
     factory --help
 
 Exit codes: 0 ok, 1 the job failed, 2 bad input (the message names the file, row or field).
-Data goes to stdout; messages and progress go to stderr.
+Data goes to stdout; messages and progress go to stderr. Every output file is written through
+`storage.files.atomic_output`: beside the target first, then renamed over it; an output path
+that is a device, a folder or a symlink, or in a folder that does not exist, is bad input.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import re
@@ -26,6 +27,7 @@ from rich.table import Table
 from factory import ingest as ingest_mod
 from storage import BadInput, FactoryError, Lake, LakeBusy
 from storage.errors import bad_rows
+from storage.files import atomic_output, check_output
 
 app = typer.Typer(
     name="factory",
@@ -78,11 +80,17 @@ def ingest(
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Load JSONL, Parquet or CSV rows into the problems or samples table (once per file and options)."""
+    """Load JSONL, Parquet or CSV rows into the problems or samples table (once per file and options).
+
+    A table keeps one row per problem_id (problems) or sample_id (samples): a row whose id is
+    already in the table, or earlier in the file, is skipped, and the count is reported.
+    """
 
     def job() -> None:
         mapping = ingest_mod.parse_assignments(map_, "--map")
         constants = ingest_mod.parse_assignments(set_, "--set")
+        if skip_bad_rows and rejects is not None:
+            check_output(rejects)  # before reading: a bad --rejects path fails at once
         with err.status(f"reading {input}"):
             data, bad = ingest_mod.read_table(input, table, mapping, constants, source)
         unit = ingest_mod.position_unit(input)
@@ -91,18 +99,24 @@ def ingest(
                 [r.describe(str(input), unit) for r in bad],
                 "nothing ingested (use --skip-bad-rows to keep the good ones)",
             )
-        key = ingest_mod.ingest_key(input, table, mapping, constants, source)
-        run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        with Lake.open(store, catalog) as lake, err.status(f"committing {data.num_rows} row(s) to {table}"):
-            result = lake.commit(table, data, batch_key=key, run_id=run)
-        if bad:
+        if bad:  # written before the commit: a rejects file that cannot be written stops the ingest
             out = rejects or input.with_name(input.name + ".rejects.jsonl")
             ingest_mod.write_rejects(bad, out)
             err.print(f"{len(bad)} bad row(s) skipped, written to {out}", markup=False)
-        if result.committed:
-            err.print(f"ingested {result.rows} row(s) into {table} (run {run})", markup=False)
-        else:
+        key = ingest_mod.ingest_key(input, table, mapping, constants, source)
+        run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        id_column = ingest_mod.ID_COLUMN[table]
+        with Lake.open(store, catalog) as lake, err.status(f"committing {data.num_rows} row(s) to {table}"):
+            known = lake.existing(table, id_column, set(data.column(id_column).to_pylist()))
+            data, repeats, already = ingest_mod.drop_duplicates(data, table, known)
+            result = lake.commit(table, data, batch_key=key, run_id=run)
+        if not result.committed:
             err.print(f"already ingested: {input} with these options is in {table}; nothing written", markup=False)
+            return
+        if repeats or already:
+            err.print(f"skipped {repeats + already} duplicate {id_column}(s): {repeats} repeated in {input}, "
+                      f"{already} already in {table}", markup=False)
+        err.print(f"ingested {result.rows} row(s) into {table} (run {run})", markup=False)
 
     _run(job)
 
@@ -264,7 +278,7 @@ _DATASET_REF = re.compile(r"^(?P<name>[A-Za-z0-9._-]+?)(?:@(?P<version>\d+))?$")
 def export(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", help="NAME or NAME@VERSION [default version: the newest].")],
     format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="jsonl or parquet.")] = "jsonl",
-    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="File to write.")] = ...,
+    output: Annotated[Path, typer.Option("--output", metavar="PATH", help="File to write, in an existing folder; a regular file there is replaced whole when done, a device, folder or symlink is refused.")] = ...,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
@@ -277,6 +291,7 @@ def export(
         if not m:
             raise BadInput(f"dataset {dataset!r}: expected NAME or NAME@VERSION")
         version = int(m["version"]) if m["version"] else None
+        check_output(output)  # a device, link or missing folder fails before the lake is read
         with Lake.open(store, catalog, create=False) as lake:
             ds = lake.dataset(m["name"], version)
             reader = lake.dataset_reader(ds.name, ds.version)
@@ -289,7 +304,7 @@ def export(
 
 def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> int:
     """Stream batches to a file; a failure leaves no half-written file behind."""
-    with _atomic(output) as tmp:
+    with atomic_output(output) as tmp:
         if format == "parquet":
             import pyarrow.parquet as pq
 
@@ -302,17 +317,6 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> in
             with open(tmp, "w", encoding="utf-8") as fh:
                 rows = _write_jsonl(reader, fh)
     return rows
-
-
-@contextlib.contextmanager
-def _atomic(output: Path):
-    """A temporary path that replaces `output` only when the block succeeds."""
-    tmp = output.with_name(output.name + ".partial")
-    try:
-        yield tmp
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- verify ---------------------------------------------------------------------------
@@ -330,14 +334,18 @@ def verify(
     def job() -> None:
         from factory.verification import read_verify_rows, run_verifier
 
+        if output is not None:
+            check_output(output)  # before the checks run, not after
         rows = read_verify_rows(input, verifier)
         with err.status(f"verifying {len(rows)} row(s) with {verifier}"):
             if timeout is not None and timeout <= 0:
                 raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
             results = run_verifier(rows, verifier, timeout_s=timeout)
-        with _open_out(output) as fh:
+        if output is not None:
+            _write_rows(results, output)
+        else:
             for r in results:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
         counts: dict[str, int] = {}
         for r in results:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -367,7 +375,7 @@ def _read_rows(input: Path, column: str) -> list[dict]:
 
 def _write_rows(rows: list[dict], output: Path) -> None:
     """JSONL, or Parquet when the output ends in .parquet; atomically."""
-    with _atomic(output) as tmp:
+    with atomic_output(output) as tmp:
         if output.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
@@ -399,6 +407,7 @@ def dedup(
             raise BadInput("--ngram and --keep must be at least 1")
         from factory.dedup import dedup_records
 
+        check_output(output)
         rows = _read_rows(input, column)
         with err.status(f"deduplicating {len(rows)} row(s)"):
             try:
@@ -433,6 +442,7 @@ def decontaminate(
             raise BadInput(f"--kind {kind!r}: expected problem or response")
         if ngram < 2:
             raise BadInput(f"--ngram {ngram}: expected at least 2")
+        check_output(output)
         rows = _read_rows(input, column)
         extra = {"min_score": min_score} if min_score is not None else {}
         with err.status(f"checking {len(rows)} row(s) against {len(names)} benchmark(s)"):

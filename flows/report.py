@@ -39,6 +39,7 @@ from typing import Annotated, Any
 import typer
 
 from storage import BadInput, Lake
+from storage.files import atomic_output, check_output
 
 # The flow's stages, in the order a sample travels; each has one name in code, task and report.
 STAGES = ("questions", "decontaminate", "sample", "verify", "filter", "dedup", "dataset")
@@ -993,12 +994,8 @@ def funnel_markdown(counts: dict[str, Any]) -> str:
 
 def write_report(data: ReportData, output: Path) -> None:
     """Write the page atomically: a reader never sees half a report."""
-    tmp = output.with_name(output.name + ".partial")
-    try:
+    with atomic_output(output) as tmp:
         tmp.write_text(render_html(data), encoding="utf-8")
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- the command --------------------------------------------------------------------------
@@ -1023,6 +1020,7 @@ def report(
     """Write a self-contained HTML report: yield funnel, pass rates, lengths, rejects, evals, training curves."""
 
     def job() -> None:
+        check_output(output)  # before the lake is read
         try:
             lake = Lake.open(store, catalog, create=False)
         except BadInput:

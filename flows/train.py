@@ -20,6 +20,7 @@ import typer
 
 from flows.cli import _run, app, err
 from storage import BadInput, FactoryError
+from storage.files import atomic_output
 
 
 @app.command()
@@ -44,7 +45,8 @@ def train(
         recipe.load_config(config)  # BadInput (exit 2) before anything starts
         if slurm is not None:
             script = launch.slurm_script(method, config, nproc_per_node=nproc_per_node, nnodes=nnodes, partition=partition, time_limit=time_limit)
-            slurm.write_text(script)
+            with atomic_output(slurm) as tmp:  # a device, link or folder is refused, not replaced
+                tmp.write_text(script)
             slurm.chmod(0o755)
             err.print(f"wrote {slurm}: submit it with `sbatch {slurm}`", markup=False)
             return

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .config import LakeConfig
 from .errors import BadInput, require
+from .files import PARTIAL, atomic_output
 
 _PIP_S3 = "pip install 'reasoning-factory[s3]'"
 # SigV4 links may live at most 7 days (an AWS limit that S3-compatible servers copy).
@@ -65,7 +65,8 @@ class ArtifactStore:
         if self.bucket is None:
             dest = Path(self.root, key)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_copy(src, dest)
+            with atomic_output(dest) as tmp:  # dest: the old file or the whole new one
+                shutil.copyfile(src, tmp)
             return str(dest)
         # upload_file switches to multipart for large files (checkpoints run to gigabytes).
         self._call(lambda c: c.upload_file(str(src), self.bucket, self._prefix + key), key)
@@ -80,7 +81,8 @@ class ArtifactStore:
             src = Path(self.root, key)
             if not src.is_file():
                 raise self._missing(key)
-            _atomic_copy(src, dest)
+            with atomic_output(dest) as tmp:
+                shutil.copyfile(src, tmp)
             return dest
         # download_file writes to a temporary name and renames it, so a failed download
         # never leaves a truncated file at `dest`.
@@ -96,7 +98,7 @@ class ArtifactStore:
             if not root.is_dir():
                 return []
             keys = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-            # Half-written copies (see _atomic_copy) are not artifacts yet.
+            # Half-written copies (storage.files.atomic_output) are not artifacts yet.
             return sorted(k for k in keys if k.startswith(prefix) and not _is_partial(k))
 
         def pages(client):
@@ -249,20 +251,5 @@ def _error_code(exc) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-_PARTIAL = ".factory-partial-"
-
-
 def _is_partial(key: str) -> bool:
-    return _PARTIAL in key.rsplit("/", 1)[-1]
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    """Copy so that `dest` is either the old file or the whole new one, never half of it."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}{_PARTIAL}")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return PARTIAL in key.rsplit("/", 1)[-1]

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory.ingest import ingest_key, iter_records, parse_assignments, read_table
+from factory.ingest import Reject, drop_duplicates, ingest_key, iter_records, parse_assignments, read_table, write_rejects
 from factory.records import problem_id
 from storage import BadInput
 
@@ -143,3 +143,56 @@ def test_ingest_key_depends_on_content_and_options(tmp_path):
         fh.write('{"problem": "a"}\n')
     table, _ = read_table(tmp_path / "b.jsonl.gz", "problems")
     assert table.column("source").to_pylist() == ["b"]
+
+
+def test_drop_duplicates_keeps_the_first_row_of_each_new_id(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"problem": p, "level": i}) + "\n" for i, p in enumerate(["a", "b", "a", "c", "a"])))
+    table, _ = read_table(f, "problems")
+    kept, repeats, already = drop_duplicates(table, "problems", known={problem_id("c")})
+    assert (repeats, already) == (2, 1)
+    assert [json.loads(m)["level"] for m in kept.column("metadata").to_pylist()] == [0, 1]  # the first "a", then "b"
+    same, repeats, already = drop_duplicates(kept, "problems")
+    assert same.num_rows == 2 and repeats == already == 0
+
+
+@pytest.mark.parametrize(
+    "value,table,field,expected",
+    [
+        ("9" * 400, "problems", "difficulty", "expected a finite number"),
+        ("1e400", "problems", "difficulty", "expected a finite number"),
+        (str(2**63), "samples", "prompt_tokens", "expected an integer that fits 64 bits"),
+        (str(2**31), "samples", "sample_index", "expected an integer that fits 32 bits"),
+    ],
+)
+def test_numbers_beyond_the_column_are_rejects_not_crashes(tmp_path, value, table, field, expected):
+    f = tmp_path / "n.jsonl"
+    f.write_text(f'{{"problem": "1+1?", "completion": "2", "{field}": {value}}}\n')
+    rows, rejects = read_table(f, table)
+    assert rows.num_rows == 0 and [(r.line, r.field) for r in rejects] == [(1, field)]
+    assert expected in rejects[0].error
+
+
+def test_big_int64_values_are_kept_exactly(tmp_path):
+    f = tmp_path / "n.jsonl"
+    f.write_text(json.dumps({"problem": "1+1?", "completion": "2", "prompt_tokens": 2**62 + 1}) + "\n")
+    rows, rejects = read_table(f, "samples")
+    assert rejects == [] and rows.column("prompt_tokens").to_pylist() == [2**62 + 1]  # not rounded through a float
+
+
+def test_unparseable_json_lines_are_rejects_with_their_line(tmp_path):
+    f = tmp_path / "j.jsonl"
+    f.write_text('{"problem": "ok"}\n{"problem": ' + "[" * 50_000 + "]" * 50_000 + '}\n{"problem": ' + "7" * 5000 + "}\n")
+    assert [(pos, err) for pos, rec, err in iter_records(f) if rec is None] == [
+        (2, "invalid JSON (nested too deeply)"),
+        (3, "invalid JSON (Exceeds the limit (4300 digits) for integer string conversion)"),
+    ]
+
+
+def test_write_rejects_refuses_a_symlink(tmp_path):
+    target = tmp_path / "t.txt"
+    target.write_text("keep\n")
+    (tmp_path / "r.jsonl").symlink_to(target)
+    with pytest.raises(BadInput, match="is a symbolic link"):
+        write_rejects([Reject(1, None, "bad", None)], tmp_path / "r.jsonl")
+    assert target.read_text() == "keep\n"

@@ -29,6 +29,9 @@ dataset: {name: gsm8k-r1}
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    """The recipe, beside the seed file EXAMPLE names (seed paths are checked at load)."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "gsm8k_test.jsonl").write_text('{"question": "1 + 1?", "answer": "2"}\n')
     p = tmp_path / "recipe.yaml"
     p.write_text(text)
     return p
@@ -52,6 +55,20 @@ def test_the_issue_example_validates(tmp_path):
         ("  base_url: http://127.0.0.1:8000/v1\n", "", 4, r"teacher: .*needs base_url"),
         ("filters: [think_format", "filters: [think_fromat", 11, r"filters: unknown filter"),
         ("dedup: {threshold: 0.8}", "dedup: {threshold: 1.8}", 12, r"dedup.threshold"),
+        # a dataset name is a name, not a path: refused at load, before any teacher request
+        ("dataset: {name: gsm8k-r1}", "dataset: {name: ../../evil/x}", 13, r"dataset.name: '../../evil/x': expected a name"),
+        ("name: gsm8k-r1\n", "name: .hidden\n", 1, r"name: '.hidden': expected a name"),
+        ("path: data/gsm8k_test.jsonl", "path: data/missing.jsonl", 3, r"questions\[0\].path: .*data/missing.jsonl does not exist"),
+        ("max_tokens: 4096", "max_tokens: 99999999999999999999999", 9, r"teacher.sampling.max_tokens: expected an integer of at most 64 bits"),
+        ("max_tokens: 4096", "max_tokens: " + "9" * 5000, 9, r"a number of more than 4300 digits"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\nbudget: {max_usd: .inf}", 13, r"budget.max_usd: expected a finite number"),
+        ("samples_per_problem: 4", "samples_per_problem: 4\n  context_window: 4096", 10, r"teacher.sampling.max_tokens: expected fewer than context_window \(4096\)"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\nadaptive: {accepted_per_problem: 20}", 13, r"adaptive.accepted_per_problem: expected at most max_samples_per_problem \(16\)"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\nadaptive: {accepted_per_problem: 2, max_samples_per_problem: 2}", 13, r"adaptive.max_samples_per_problem: expected at least teacher.samples_per_problem \(4\)"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\nfilter_config: {min_words: 50, max_words: 10}", 13, r"filter_config.min_words: expected at most max_words \(10\)"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\nverify_timeout_s: 1e9", 13, r"verify_timeout_s: Input should be less than or equal to 86400"),
+        ("  model: deepseek-r1\n", "  model: deepseek-r1\n  model: other\n", 8, r"duplicate key 'model' \(first at line 7\)"),
+        ("verify: [math]", "verify: [math]\nverify: [code]", 11, r"duplicate key 'verify' \(first at line 10\)"),
     ],
 )
 def test_bad_recipes_name_file_line_key_and_expectation(tmp_path, old, new, line, expected):
@@ -104,3 +121,15 @@ def test_docs_recipes_names_every_key():
             if f"`{key}`" not in doc and key != "source":
                 missing.append(f"{m.__name__}.{key}")
     assert not missing, f"docs/recipes.md does not name: {missing}"
+
+
+def test_a_folder_and_deep_nesting_are_bad_input(tmp_path):
+    with pytest.raises(BadInput, match=r": is a folder; expected a recipe file"):
+        load_recipe(tmp_path)
+    with pytest.raises(BadInput, match="nested too deeply"):
+        load_recipe(write(tmp_path, EXAMPLE + "filter_config: " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+def test_the_same_key_in_two_mappings_is_not_a_duplicate(tmp_path):
+    r = load_recipe(write(tmp_path, EXAMPLE.replace("dataset: {name: gsm8k-r1}", "dataset: {name: gsm8k-r1, description: x}\nbudget: {max_tokens: 5}")))
+    assert r.dataset.description == "x" and r.budget.max_tokens == 5
