@@ -16,6 +16,7 @@ How a completion is judged:
    text) and takes, in this order, the last `\\boxed{...}` / `\\fbox{...}` (balanced braces),
    the last "final answer is ...", the last `#### ...` (GSM8K), the last `A:` / `Answer:` line,
    the last "the answer is ...". Nothing found -> `unverifiable` (never `fail`).
+   Extraction is linear in the completion (a hostile 200k-character one takes milliseconds).
 2. Fast path: when the gold and the answer are both plain numbers (integers, decimals, `1,000`,
    `$18`, `18.0`, `3/4`, `\\frac{3}{4}`, `-2`) the verdict is decided here, without sympy, with
    math-verify's own rules (exact for integers and fractions; decimals rounded to
@@ -25,11 +26,11 @@ How a completion is judged:
    equals the gold's passes without sympy, once a worker has parsed that gold (so a gold that
    is not math still comes out `unverifiable`). A batch probes each new gold with one of its
    differing answers first, so the others of the same problem can take this shortcut.
-4. Slow path: math-verify `parse` + `verify`, in a small pool of worker processes. math-verify's
-   own timeouts use `signal.alarm`, which only works on the main thread; here the worker runs
-   without them and the caller waits on a pipe with a deadline: a worker that overruns is
-   killed and replaced, and the verdict is `error` (detail "timeout"), never `fail`. This works
-   from any thread and from asyncio via `asyncio.to_thread`.
+4. Slow path: math-verify `parse` + `verify`, in a small pool of worker processes (workers.py).
+   math-verify's own timeouts use `signal.alarm`, which only works on the main thread; here the
+   worker runs without them and the caller waits on a pipe with a deadline: a worker that
+   overruns is killed and replaced, and the verdict is `error` (detail "timeout"), never `fail`.
+   This works from any thread and from asyncio via `asyncio.to_thread`.
 
 Statuses (the rule, for reports and rewards):
 - gold that math-verify cannot parse to a sympy object -> `unverifiable` (its string fallback
@@ -51,13 +52,11 @@ not a fresh import).
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import multiprocessing
 import os
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,8 +64,7 @@ from fractions import Fraction
 from typing import Iterable
 
 from .base import Verdict
-
-logger = logging.getLogger(__name__)
+from .workers import SharedPool, WorkerPool, default_size
 
 CHECK = "math"
 DEFAULT_TIMEOUT_S = 5.0
@@ -130,22 +128,44 @@ def _balanced(text: str, open_at: int) -> int | None:
     return None
 
 
+_BRACE_RE = re.compile(r"\\.|[{}]", re.S)  # an escape pair (`\{`, `\\`) or a structural brace
+_TOKEN_RE = re.compile(r"[^\s$]+")
+
+
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """For each `{` from `start` on, the index just past its closing `}` (unclosed ones absent):
+    `_balanced` for every brace in one pass, so many boxes cost one scan, not one each."""
+    closes: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_RE.finditer(text, start):
+        c = m.group()
+        if c == "{":
+            stack.append(m.start())
+        elif c == "}" and stack:
+            closes[stack.pop()] = m.end()
+    return closes
+
+
 def _last_boxed(text: str) -> str | None:
-    last = None
-    for m in _BOXED_RE.finditer(text):
-        start = m.end()
+    """The content of the last complete box with something in it. Linear in the text: a hostile
+    completion of 30,000 unclosed `\\boxed{` took minutes when each box scanned to the end."""
+    boxes = [m.end() for m in _BOXED_RE.finditer(text)]
+    closes: dict[int, int] | None = None
+    for start in reversed(boxes):
         if start < len(text) and text[start] == "{":
-            end = _balanced(text, start)
+            if closes is None:
+                closes = _closing_braces(text, boxes[0])
+            end = closes.get(start)
             if end is None:
                 continue  # truncated box (ran out of tokens): an earlier complete one still counts
             content = text[start + 1 : end - 1].strip()
         else:
             # `\boxed 5`: TeX takes the next token as the argument
-            tok = re.match(r"[^\s$]+", text[start:])
+            tok = _TOKEN_RE.match(text, start)
             content = tok.group(0) if tok else ""
         if content:
-            last = content
-    return last
+            return content
+    return None
 
 
 def _trim_line(rest: str) -> str | None:
@@ -473,6 +493,10 @@ class _Worker:
     def pid(self) -> int | None:
         return self.proc.pid
 
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.exitcode
+
     def kill(self) -> None:
         try:
             if self.proc.is_alive():
@@ -482,99 +506,6 @@ class _Worker:
             self.conn.close()
 
 
-class _Pool:
-    """A few persistent worker processes; a caller checks one out, so any thread may call."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self.owner_pid = os.getpid()
-        self._ctx = _mp_context()
-        self._cond = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._live: set[_Worker] = set()
-        self._count = 0  # live + starting, never above size
-        self._closed = False
-
-    def _checkout(self) -> _Worker:
-        with self._cond:
-            while not self._idle and self._count >= self.size:
-                if self._closed:
-                    raise RuntimeError("math-verify pool is shut down")
-                self._cond.wait()
-            if self._closed:
-                raise RuntimeError("math-verify pool is shut down")
-            if self._idle:
-                return self._idle.pop()
-            self._count += 1
-        try:
-            w = _Worker(self._ctx)  # started outside the lock: it takes a while
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-        with self._cond:
-            self._live.add(w)
-        return w
-
-    def _release(self, w: _Worker) -> None:
-        with self._cond:
-            if self._closed:
-                self._live.discard(w)
-                self._count -= 1
-                w.kill()
-            else:
-                self._idle.append(w)
-            self._cond.notify()
-
-    def _discard(self, w: _Worker) -> None:
-        w.kill()
-        with self._cond:
-            self._live.discard(w)
-            self._count -= 1
-            self._cond.notify()
-
-    def call(self, request: tuple, timeout_s: float) -> tuple[str, str]:
-        w = self._checkout()
-        try:
-            w.conn.send(request)
-            if not w.conn.poll(timeout_s):
-                logger.warning("math-verify worker %s overran %.1fs: killed and replaced", w.pid, timeout_s)
-                self._discard(w)
-                return ("timeout", f"math-verify took over {timeout_s:g}s; worker killed")
-            resp = w.conn.recv()
-        except (EOFError, OSError) as e:
-            code = w.proc.exitcode
-            logger.warning("math-verify worker %s died (exit code %s): %s", w.pid, code, e)
-            self._discard(w)
-            return ("crash", f"math-verify worker died (exit code {code})")
-        except BaseException:
-            self._discard(w)  # interrupted mid-request: the worker's state is unknown
-            raise
-        self._release(w)
-        return resp
-
-    def worker_pids(self) -> list[int]:
-        with self._cond:
-            return [w.pid for w in self._live if w.pid]
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            for w in idle:
-                self._live.discard(w)
-                self._count -= 1
-            self._cond.notify_all()
-        for w in idle:
-            w.kill()
-
-
-_pool: _Pool | None = None
-_pool_lock = threading.Lock()
-_pool_size: int | None = None
-
-
 def _default_size() -> int:
     env = os.environ.get("FACTORY_MATH_WORKERS")
     if env:
@@ -582,57 +513,29 @@ def _default_size() -> int:
             return max(1, int(env))
         except ValueError:
             raise ValueError(f"FACTORY_MATH_WORKERS={env!r}: expected a positive integer") from None
-    return max(1, min(4, os.cpu_count() or 1))
+    return default_size()
 
 
-def _get_pool() -> _Pool:
-    global _pool
-    with _pool_lock:
-        if _pool is not None and _pool.owner_pid != os.getpid():
-            _pool = None  # we are a forked child: the parent's workers are not ours to use
-        if _pool is None:
-            _pool = _Pool(_pool_size or _default_size())
-        return _pool
+_POOL = SharedPool(lambda: _Worker(_mp_context()), _default_size, "math-verify")
+
+
+def _get_pool() -> WorkerPool:
+    return _POOL.get()
 
 
 def configure_pool(workers: int | None = None) -> None:
     """Set the number of worker processes (None: FACTORY_MATH_WORKERS or min(4, CPUs)); restarts the pool."""
-    global _pool_size
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers={workers}: expected >= 1")
-    shutdown_pool()
-    _pool_size = workers
+    _POOL.configure(workers)
 
 
 def shutdown_pool() -> None:
     """Stop the worker processes (busy ones stop when their request ends). Safe to call twice."""
-    global _pool
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None and pool.owner_pid == os.getpid():
-        pool.close()
+    _POOL.shutdown()
 
 
 def worker_pids() -> list[int]:
     """Pids of the live worker processes (for accounting and tests)."""
-    with _pool_lock:
-        pool = _pool
-    return pool.worker_pids() if pool is not None and pool.owner_pid == os.getpid() else []
-
-
-atexit.register(shutdown_pool)
-
-
-def _reset_after_fork() -> None:
-    # A fork taken while another thread held the lock would leave the child's copy locked forever;
-    # the parent's workers are not the child's to use either (it starts its own when needed).
-    global _pool, _pool_lock
-    _pool_lock = threading.Lock()
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    return _POOL.pids()
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -70,6 +70,33 @@ def test_no_answer_is_unverifiable_not_fail():
         assert v.status == "unverifiable" and v.score is None and v.extracted_answer is None
 
 
+N = 200_000
+# Completions built to make extraction slow: many boxes that never close (each used to be scanned
+# to the end), chains of `\boxed` without braces, deep nesting, long runs without a line break.
+HOSTILE = {
+    "unclosed boxes": "\\boxed{" * (N // 7),
+    "brace-less box chain": "\\boxed" * (N // 6),
+    "nested boxes": "\\boxed{" * (N // 14) + "1" + "}" * (N // 14),
+    "boxes then text": "\\boxed{1}" * (N // 9),
+    "answer lines": "The final answer is: 4 + 4 = N. " * (N // 32),
+    "one long line": "A: " + "1 + " * (N // 4),
+    "hashes": "#" * N,
+    "braces": "{" * N,
+    "backslashes": "\\" * N,
+    "text commands": "Answer: " + "\\text{" * (N // 6),
+    "dollars": "The answer is $" + "$" * N,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_completions_are_read_in_linear_time(name):
+    text = HOSTILE[name]
+    for step in (extract_answer, lambda t: surface_form(extract_answer(t) or t)):
+        t0 = time.perf_counter()
+        step(text)
+        assert time.perf_counter() - t0 < 2.0, name  # the old box scan took minutes on the first three
+
+
 # ----------------------------------------------------------------- fast path
 
 
