@@ -17,16 +17,23 @@ How a completion is judged:
    the last "final answer is ...", the last `#### ...` (GSM8K), the last `A:` / `Answer:` line,
    the last "the answer is ...". Nothing found -> `unverifiable` (never `fail`).
    Extraction is linear in the completion (a hostile 200k-character one takes milliseconds).
-2. Fast path: when the gold and the answer are both plain numbers (integers, decimals, `1,000`,
+2. Strict numeric answers (`MathOptions.strict_numeric`, on by default; `check_version` records
+   it): when the gold is a plain number (one `fast_number` reads: 7, -3, 0.5, 1,000, $18, 3/4,
+   \\frac{3}{4}), an answer that is not itself a number literal fails, whatever it evaluates
+   to: `2 + 5`, `4 + 4 = 8`, `4 + 4 = N`, `N`, `\\sqrt{49}` against 7 or 8. Under GRPO on
+   arithmetic a policy otherwise learns to echo the question. The exact rule (what counts as a
+   literal: `14/2`, `x = 7`, `7 apples`, ...) is in `why_not_a_number`. `verify_answer` does not
+   apply it (math-verify's semantics exactly).
+3. Fast path: when the gold and the answer are both plain numbers (integers, decimals, `1,000`,
    `$18`, `18.0`, `3/4`, `\\frac{3}{4}`, `-2`) the verdict is decided here, without sympy, with
    math-verify's own rules (exact for integers and fractions; decimals rounded to
    `float_rounding` places). A case that those rules could round either way is not decided
    here but handed on.
-3. Same form: an answer whose `surface_form` (delimiters, `\\dfrac`, `\\left`, spacing removed)
+4. Same form: an answer whose `surface_form` (delimiters, `\\dfrac`, `\\left`, spacing removed)
    equals the gold's passes without sympy, once a worker has parsed that gold (so a gold that
    is not math still comes out `unverifiable`). A batch probes each new gold with one of its
    differing answers first, so the others of the same problem can take this shortcut.
-4. Slow path: math-verify `parse` + `verify`, in a small pool of worker processes (workers.py).
+5. Slow path: math-verify `parse` + `verify`, in a small pool of worker processes (workers.py).
    math-verify's own timeouts use `signal.alarm`, which only works on the main thread; here the
    worker runs without them and the caller waits on a pipe with a deadline: a worker that
    overruns is killed and replaced, and the verdict is `error` (detail "timeout"), never `fail`.
@@ -36,8 +43,9 @@ Statuses (the rule, for reports and rewards):
 - gold that math-verify cannot parse to a sympy object -> `unverifiable` (its string fallback
   does not count in `verify_math`; `verify_answer` keeps math-verify's own string comparison);
 - no answer found in the completion -> `unverifiable`;
-- an answer was found but cannot be parsed, or parses and differs -> `fail`: the model committed
-  to an answer and it is not the right one;
+- an answer was found but cannot be parsed, or parses and differs, or is not a number against a
+  plain-number gold (strict numeric) -> `fail`: the model committed to an answer and it is not
+  the right one;
 - worker timeout or crash -> `error` (the checker broke, not the model).
 
 The pool size is `FACTORY_MATH_WORKERS` (default: min(4, CPUs)); `configure_pool(workers=N)`
@@ -66,6 +74,7 @@ from typing import Iterable
 from .base import Verdict
 from .workers import SharedPool, WorkerPool, default_size
 
+
 CHECK = "math"
 DEFAULT_TIMEOUT_S = 5.0
 # A worker that cannot even import sympy + math-verify in this long is broken (or the machine is
@@ -78,12 +87,17 @@ WORKER_MEMORY_BYTES = 4 << 30
 
 @dataclass(frozen=True)
 class MathOptions:
-    """math-verify settings that change a verdict (the keyword arguments of its test suite)."""
+    """Settings that change a verdict: math-verify's (the keyword arguments of its test suite),
+    and `strict_numeric`, ours (see `why_not_a_number`)."""
 
     match_types: tuple[str, ...] = ("latex", "expr")  # which math-verify extractors parse a string
     float_rounding: int = 6  # decimals compared after rounding (math-verify `float_rounding`)
     strict: bool = True  # False: variables matched by position, sets comparable with tuples
     allow_set_relation_comp: bool = False  # True: `1 < x < 2` may equal the set `(1, 2)`
+    # True: against a plain-number reference, an extracted answer must itself be a number, not an
+    # expression or equation that evaluates to it (`2 + 5`, `4 + 4 = 8`). Not applied by
+    # `verify_answer`, which keeps math-verify's semantics exactly.
+    strict_numeric: bool = True
 
     def __post_init__(self) -> None:
         bad = [m for m in self.match_types if m not in ("latex", "expr")]
@@ -94,6 +108,15 @@ class MathOptions:
 
 
 DEFAULT_OPTIONS = MathOptions()
+# Stored with every verdict (`verdicts.check_version`, see `check_version`): bump it when a change
+# makes the same completion get another verdict, so old and new verdicts are not mixed.
+# 2: strict numeric answers (`MathOptions.strict_numeric`).
+CHECK_VERSION = "2"
+
+
+def check_version(options: MathOptions = DEFAULT_OPTIONS) -> str:
+    """The version of the math check under `options`: "2+strict" by default."""
+    return CHECK_VERSION + ("+strict" if options.strict_numeric else "")
 
 
 # --------------------------------------------------------------------------- extraction
@@ -316,6 +339,89 @@ def surface_form(text: str) -> str:
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r" ?([^A-Za-z0-9 ]) ?", r"\1", s)  # `x + 1` = `x+1`; `\\pi r` keeps its space
     return _peel(s.rstrip("."))
+
+
+# --------------------------------------------------------------------------- strict numeric answers
+
+# An answer is read as tokens, left to right, one `match` at a time (no pattern here can backtrack
+# across tokens, and answers over _LITERAL_MAX characters are refused first, so this is linear).
+_LITERAL_MAX = 200
+_INT_ = r"[0-9]+"
+_SIGN_ = r"(?:[+\-−]\s*)?"
+_NUMBER_TOKEN = (
+    rf"{_SIGN_}(?:"
+    rf"{_INT_}(?:\.{_INT_})?\s*(?:\\times|\\cdot|×)\s*10\s*\^\s*(?:\{{\s*[+\-−]?{_INT_}\s*\}}|[+\-−]?[0-9])"  # 1.2 \times 10^3
+    rf"|{_INT_}(?:\.{_INT_})?[eE][+\-]?{_INT_}"  # 1.2e3
+    rf"|(?:{_INT_}\s*)?\\[dtc]?frac\s*(?:\{{\s*[+\-−]?{_INT_}(?:\.{_INT_})?\s*\}}|[0-9])"
+    rf"\s*(?:\{{\s*{_INT_}(?:\.{_INT_})?\s*\}}|[0-9])"  # \frac{1}{2}, \dfrac12, 2\frac{1}{2}
+    rf"|{_INT_}\s*/\s*{_INT_}"  # 3/4
+    r"|[0-9]{1,3}(?:(?:,|\{,\}|\\,|,\\!|\\!| )[0-9]{3})+(?:\.[0-9]+)?"  # 1,000  1{,}000  1\,000  1 000
+    rf"|{_INT_}(?:[.,]{_INT_})?|[.,]{_INT_}"  # 7  7.5  7,5  .5
+    r")"
+)
+_LITERAL_TOKEN_RE = re.compile(
+    rf"(?P<num>{_NUMBER_TOKEN})"
+    r"|(?P<space>\s+|\\[,;:! ]|~|\\q?quad(?![A-Za-z]))"
+    r"|(?P<currency>\\\$|\$|€|£|¥|₹)"
+    r"|(?P<percent>\\?%|\\percent(?![A-Za-z]))"
+    r"|(?P<degree>\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z]))"
+    r"|(?P<power>\^\s*\{\s*[23]\s*\}|\^\s*[23]|[²³])"  # of a unit only: cm^2
+    r"|(?P<eq>=|\\approx(?![A-Za-z])|≈)"
+    r"|(?P<word>[A-Za-z][A-Za-z'’.]*(?:[-/][A-Za-z][A-Za-z'’.]*)*)"  # apples, sq.ft., km/h, x
+    r"|(?P<sub>_\s*(?:\{[A-Za-z0-9]*\}|[A-Za-z0-9]))"  # x_1
+    r"|(?P<cmd>\\[A-Za-z]+)"  # \sqrt, \pi, \times, \theta: only a variable name may be one
+    r"|(?P<punct>[:,;()!])"
+    r"|(?P<op>.)",  # + * ? { } and anything else: not part of a number literal
+    re.S,
+)
+_TEXT_CMD_RE = re.compile(r"\\(?:text(?:bf|it|rm|up|normal)?|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
+
+
+def why_not_a_number(answer: str) -> str | None:
+    """None when `answer` is a number literal as people write one, else why it is not.
+
+    A number literal: one number in a usual form (7, -3, 7.0, .5, 1,000, 1{,}000, 1 000, 3/4,
+    14/2, \\frac{1}{2}, \\dfrac12, 2\\frac{1}{2}, 1.2 \\times 10^{3}, 1.2e3, 7,5), optionally with a
+    currency sign ($7, \\$7, €7), a percent or degree sign (7%, 7\\%, 30^\\circ), unit words
+    (7 apples, 24 \\text{ cm}^2, 7 km/h), other words around it without numbers or operators
+    ("Janet earns $18 a day"), math delimiters or a box ($7$, \\boxed{7}), and at most one
+    assignment whose left side is a name ("x = 7", "k \\approx 0.33", "total = 7").
+    Not one: a sum, product or power (2 + 5, 2 \\cdot 3, 2^3, \\sqrt{49}), an equation whose left
+    side is not a name (4 + 4 = 8, 2 + 5 = 7, 4 + 4 = N), more than one number (7 and 8,
+    x=7, y=8), or no number at all (N, x, ?, ...). A plain fraction a/b IS a literal (14/2 for 7
+    passes): it is how fractions are written, and a/b alone is no restatement of a question.
+    Closed forms (\\sqrt{2}, \\pi) are not literals: against a decimal reference they fail
+    under strict_numeric.
+    """
+    s = answer.strip()
+    if len(s) > _LITERAL_MAX:
+        return f"it is over {_LITERAL_MAX} characters long"
+    s = _LEFTRIGHT_RE.sub("", _peel(s.rstrip(".")))
+    s = _TEXT_CMD_RE.sub(lambda m: f" {m.group(1)} ", s).strip().rstrip(".")
+    kinds: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(s):
+        m = _LITERAL_TOKEN_RE.match(s, pos)
+        assert m is not None  # `op` matches any one character
+        pos = m.end()
+        if m.lastgroup != "space":
+            kinds.append((m.lastgroup or "op", m.group()))
+    if not any(k == "num" for k, _ in kinds):
+        return "it has no number in it"
+    eqs = [i for i, (k, _) in enumerate(kinds) if k == "eq"]
+    if len(eqs) > 1:
+        return "it is a chain of equations"
+    if eqs:
+        lhs, kinds = kinds[: eqs[0]], kinds[eqs[0] + 1 :]
+        if not lhs or any(k not in ("word", "cmd", "sub", "punct") for k, _ in lhs):
+            return "it is an equation, not a value"
+    for i, (k, text) in enumerate(kinds):
+        if k in ("op", "cmd", "sub") or (k == "power" and (i == 0 or kinds[i - 1][0] != "word")):
+            return f"{text!r} makes it an expression"
+    nums = sum(k == "num" for k, _ in kinds)
+    if nums != 1:
+        return f"it has {nums} numbers: an expression or a list, not one value" if nums else "it has no number after '='"
+    return None
 
 
 # --------------------------------------------------------------------------- gold
@@ -557,13 +663,11 @@ def _verdict_from_worker(resp: tuple[str, str], answer: str, t0: float) -> Verdi
     return Verdict.errored(CHECK, info or kind, answer, detail=detail, elapsed_s=el, extra=extra)
 
 
-def _fast_verdict(answer: str, gold: MathGold, opts: MathOptions, t0: float) -> Verdict | None:
+def _fast_verdict(answer: str, pred: tuple[Fraction, bool] | None, gold: MathGold, opts: MathOptions,
+                  t0: float) -> Verdict | None:
     # Only with both extractors on: with one of them off math-verify may not even see a number
     # that the fast path would read (a bare `9` under latex-only parses to nothing).
-    if gold.number is None or set(opts.match_types) != {"latex", "expr"}:
-        return None
-    pred = fast_number(answer)
-    if pred is None:
+    if gold.number is None or pred is None or set(opts.match_types) != {"latex", "expr"}:
         return None
     same = _fast_equal(gold.number, pred, opts.float_rounding)
     if same is None:
@@ -628,7 +732,14 @@ def _plan(pred_text: str | None, how: str, gold, opts: MathOptions, raw_gold: bo
     if not g.text:
         job.verdict = Verdict.unverifiable(CHECK, "gold answer is empty", answer, elapsed_s=time.perf_counter() - t0)
         return job
-    job.verdict = _fast_verdict(answer, g, opts, t0)
+    pred = fast_number(answer) if g.number is not None else None
+    if opts.strict_numeric and how != "raw" and g.number is not None and pred is None:
+        why = why_not_a_number(answer)
+        if why:  # checked first: math-verify would evaluate `2 + 5` to the reference 7
+            job.verdict = Verdict.failed(CHECK, answer, f"the reference is a number and the answer is not: {why}",
+                                         elapsed_s=time.perf_counter() - t0, extra={"path": "strict"})
+            return job
+    job.verdict = _fast_verdict(answer, pred, g, opts, t0)
     job.pred_cands = _candidates(answer, how)
     if job.verdict is None and how != "raw":  # raw: math-verify's semantics exactly, no shortcut
         job.gold_form = surface_form(g.text)
@@ -739,6 +850,8 @@ def _run_many(jobs: list[_Job], options: MathOptions, timeout_s: float) -> None:
 
 __all__ = [
     "CHECK",
+    "CHECK_VERSION",
+    "check_version",
     "MathGold",
     "MathOptions",
     "configure_pool",
@@ -750,5 +863,6 @@ __all__ = [
     "verify_answer",
     "verify_math",
     "verify_math_batch",
+    "why_not_a_number",
     "worker_pids",
 ]

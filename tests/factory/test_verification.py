@@ -95,3 +95,14 @@ def test_regex_timeout_holds_and_the_other_rows_are_verified(tmp_path):
     assert [(o["id"], o["status"]) for o in res["out"]] == [("slow", "unverifiable"), ("ok", "pass"), ("no", "fail")]
     assert res["out"][0]["detail"] == "timeout" and "took over 2s" in res["out"][0]["reason"]
     assert 1.9 <= res["took"] < 10, res["took"]
+
+
+def test_math_restatements_fail_and_answers_pass(tmp_path):
+    rows = [{"id": 1, "completion": "The answer is 2 + 5.", "reference_answer": "7"},
+            {"id": 2, "completion": "So, the final answer is: 4 + 4 = N.", "reference_answer": 8},
+            {"id": 3, "completion": "<think>4 + 4</think>The answer is 8 apples.", "reference_answer": 8}]
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = run_verifier(read_verify_rows(f, "math"), "math")
+    assert [g["status"] for g in got] == ["fail", "fail", "pass"]
+    assert "the answer is not" in got[0]["reason"] and "equation" in got[1]["reason"]
