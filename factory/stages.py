@@ -29,6 +29,7 @@ from .decontaminate import contamination_labels, decontaminate_records
 from .filters import apply_filters
 from .recipe import Recipe
 from .verifiers.base import Verdict
+from .verifiers.math import check_version as math_check_version
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,9 @@ def verify_samples(
     return out
 
 
-_VERSION = "1"  # bump when a verifier or filter changes its decisions: old verdicts are then redone
+# Bump when a verifier or filter changes its decisions: old verdicts are then redone. The math
+# check's own version (strict numeric answers included) is part of it.
+_VERSION = f"1/math{math_check_version()}"
 
 
 def accepted_ids(verdicts: Iterable[dict], recipe: Recipe) -> set[str]:

@@ -6,11 +6,18 @@
 Rows: `{"id", "completion", "reference_answer"}` for math, choice and exact; `{"id",
 "completion", "pattern"}` (or `reference_answer`) for regex; `{"id", "completion", "tests":
 {"style": "asserts"|"stdio", ...}}` for code (see factory/verifiers/code.py).
+
+What a bad row costs: a line that is not UTF-8, not JSON (nesting too deep included), not an
+object, or lacks a field the verifier needs is named as `INPUT:LINE: why` in one BadInput for
+the whole file (exit 2 in the CLI), and nothing is verified. A well-formed row whose content
+cannot be checked (a `tests.timeout_s` that is not a positive number of seconds up to
+MAX_TESTS_TIMEOUT_S) gets an `unverifiable` verdict naming the field; the other rows go on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from storage.errors import BadInput, bad_rows
@@ -18,33 +25,55 @@ from storage.errors import BadInput, bad_rows
 from .verifiers.base import Verdict
 
 VERIFIERS = ("math", "code", "choice", "exact", "regex")
+_SURROGATE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 _NEEDS = {"math": "reference_answer", "choice": "reference_answer", "exact": "reference_answer", "regex": "pattern", "code": "tests"}
 
 
 def read_verify_rows(path: str | Path, verifier: str) -> list[dict]:
+    """The rows of a JSON-lines file; BadInput naming each line that is not UTF-8, not JSON, not
+    an object, or lacks a field the verifier needs (nothing is verified then)."""
     if verifier not in VERIFIERS:
         raise BadInput(f"--verifier {verifier!r}: expected one of {', '.join(VERIFIERS)}")
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"{path}: no such file")
     rows, problems = [], []
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{n}: invalid JSON ({exc.msg})")
-                continue
-            why = _row_problem(row, verifier)
+    with open(p, "rb") as fh:  # bytes: a bad byte is one line's problem, not a crash of the read
+        for n, raw in enumerate(fh, 1):
+            row, why = _parse_line(raw)
+            if why is None and row is not None:
+                why = _row_problem(row, verifier)
             if why:
                 problems.append(f"{path}:{n}: {why}")
-                continue
-            rows.append(row)
+            elif row is not None:
+                rows.append(row)
     if problems:
         raise bad_rows(problems, "nothing verified")
     return rows
+
+
+def _parse_line(raw: bytes) -> tuple[object | None, str | None]:
+    """(row, None), (None, None) for a blank line, or (None, why)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+    if not line.strip():
+        return None, None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON ({exc.msg})"
+    except RecursionError:
+        return None, "invalid JSON (nested deeper than the JSON reader allows)"
+    except ValueError as exc:  # e.g. an integer of over 4300 digits
+        return None, f"invalid JSON ({str(exc).split(';')[0]})"
+    if _SURROGATE_RE.search(line):
+        try:  # a lone half of a surrogate pair cannot be written back out as UTF-8
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+    return row, None
 
 
 def _row_problem(row: object, verifier: str) -> str | None:
@@ -68,28 +97,57 @@ def _row_problem(row: object, verifier: str) -> str | None:
     return None
 
 
+# A row's own `tests.timeout_s` applies to each program run; past this it is a typo or a way to
+# hold the command for hours.
+MAX_TESTS_TIMEOUT_S = 600.0
+
+
+def row_unverifiable(row: dict, verifier: str) -> str | None:
+    """Why a well-formed row cannot be checked (it then gets `unverifiable`, the others go on)."""
+    if verifier == "code":
+        t = row["tests"].get("timeout_s")
+        ok = isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= MAX_TESTS_TIMEOUT_S
+        if t is not None and not ok:  # NaN fails `0 < t`
+            return f"tests.timeout_s {t!r}: expected a positive number of seconds, at most {MAX_TESTS_TIMEOUT_S:g}"
+    return None
+
+
 def run_verifier(rows: list[dict], verifier: str, *, timeout_s: float | None = None) -> list[dict]:
     """Verdicts for the rows, as output rows in input order."""
+    verdicts: list[Verdict | None] = [None] * len(rows)
+    todo = []
+    for i, r in enumerate(rows):
+        why = row_unverifiable(r, verifier)
+        if why:
+            verdicts[i] = Verdict.unverifiable(verifier, why)
+        else:
+            todo.append(i)
+    for i, v in zip(todo, _dispatch([rows[i] for i in todo], verifier, timeout_s)):
+        verdicts[i] = v
+    return [output_row(r["id"], v) for r, v in zip(rows, verdicts)]  # type: ignore[arg-type]
+
+
+def _dispatch(rows: list[dict], verifier: str, timeout_s: float | None) -> list[Verdict]:
+    if not rows:
+        return []
+    kw = {"timeout_s": timeout_s} if timeout_s else {}
     if verifier == "math":
         from .verifiers.math import verify_math_batch
 
-        kw = {"timeout_s": timeout_s} if timeout_s else {}
-        verdicts = verify_math_batch([(r["completion"], r["reference_answer"]) for r in rows], **kw)
-    elif verifier == "code":
+        return verify_math_batch([(r["completion"], r["reference_answer"]) for r in rows], **kw)
+    if verifier == "code":
         from .verifiers.code import verify_code_batch
         from .verifiers.sandbox import SandboxConfig
 
         config = SandboxConfig(timeout_s=timeout_s) if timeout_s else None
-        verdicts = verify_code_batch([(r["completion"], r["tests"]) for r in rows], config)
-    else:
-        from .verifiers import answers
+        return verify_code_batch([(r["completion"], r["tests"]) for r in rows], config)
+    from .verifiers import answers
 
-        if verifier == "regex":
-            verdicts = [answers.verify_regex(r["completion"], str(r.get("pattern", r.get("reference_answer")))) for r in rows]
-        else:
-            fn = answers.verify_choice if verifier == "choice" else answers.verify_exact
-            verdicts = [fn(r["completion"], str(r["reference_answer"])) for r in rows]
-    return [output_row(r["id"], v) for r, v in zip(rows, verdicts)]
+    if verifier == "regex":
+        pairs = [(r["completion"], str(r.get("pattern", r.get("reference_answer")))) for r in rows]
+        return answers.verify_regex_batch(pairs, **kw)
+    fn = answers.verify_choice if verifier == "choice" else answers.verify_exact
+    return [fn(r["completion"], str(r["reference_answer"])) for r in rows]
 
 
 def output_row(row_id: object, v: Verdict) -> dict:

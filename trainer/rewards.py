@@ -44,6 +44,7 @@ from factory.filters import FilterConfig, check_language, check_think_format
 from factory.records import content_hash
 from factory.teachers.base import split_reasoning
 from factory.verifiers.base import Verdict
+from factory.verifiers.math import check_version as math_check_version
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _code_version() -> str:
 
 # Bump a function's version when its decisions change: cached rewards are then recomputed.
 VERSIONS: dict[str, Callable[[RewardSpec], str]] = {
-    "accuracy": lambda spec: f"1/{spec.checker}/code{_code_version()}",
+    "accuracy": lambda spec: f"1/{spec.checker}/code{_code_version()}/math{math_check_version()}",
     "format": lambda spec: "1",
     "language": lambda spec: f"1/{spec.language}",
     "overlong": lambda spec: f"1/{spec.max_length}/{spec.buffer}",

@@ -4,19 +4,26 @@ LLM-as-judge for answers no rule can check.
     verify_exact(completion, "Paris")                # normalised string equality
     verify_choice(completion, "C")                   # the last option letter the answer names
     verify_regex(completion, r"^\\d{4}-\\d{2}$")      # the extracted answer must match fully
+    verify_regex_batch([(completion, pattern), ...], timeout_s=2)
     await verify_with_judge(completion, gold, teacher, question=...)
 
 Each looks at the answer part of a completion: the text after the last `</think>` (the
 reasoning is not the answer), and within it the last `\\boxed{}` or "answer is/Answer:" line
-when there is one.
+when there is one. Reading the answer is linear in the completion. A regex is the caller's own
+pattern, which `re` may take forever on (`(a+)+$`): it runs in a worker process that is killed
+after `timeout_s` (workers.py), and the verdict is then `unverifiable` with detail "timeout".
 """
 
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
 
 from .base import Verdict
+from .workers import ScriptWorker, SharedPool, default_size
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.I)
@@ -54,9 +61,13 @@ def extract_final(completion: str) -> str | None:
     return text.splitlines()[-1].strip() or None
 
 
+# `[^{}]`, not `[^}]`: with the latter each of 30,000 unclosed `\text{` scanned to the end (minutes).
+_TEXT_RE = re.compile(r"\\text\{([^{}]*)\}")
+
+
 def _norm(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).strip().lower()
-    text = re.sub(r"\\text\{([^}]*)\}", r"\1", text)
+    text = _TEXT_RE.sub(r"\1", text)
     text = re.sub(r"[\s$*`]+", " ", text).strip()
     return text.rstrip(".").strip()
 
@@ -88,16 +99,76 @@ def verify_choice(completion: str, gold: str, options: str = "ABCDEFGHIJ") -> Ve
     return Verdict.passed("choice", got) if got == g else Verdict.failed("choice", got, f"expected {g}")
 
 
-def verify_regex(completion: str, pattern: str) -> Verdict:
-    """The extracted answer must match `pattern` in full."""
+REGEX_TIMEOUT_S = 5.0
+REGEX_MEMORY_BYTES = 1 << 30
+# The worker: a fresh stdlib-only interpreter (workers.ScriptWorker). A pattern such as `(a+)+$`
+# backtracks exponentially in `re` and never returns to the interpreter loop, so no thread can
+# stop it: only killing the process holds the timeout.
+_REGEX_WORKER = r"""
+import os, re, resource, sys
+from functools import lru_cache
+from multiprocessing.connection import Connection
+resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
+conn = Connection(int(sys.argv[1]))
+compile_ = lru_cache(maxsize=256)(re.compile)
+conn.send(("ready", os.getpid()))
+while True:
     try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        return Verdict.unverifiable("regex", f"bad pattern {pattern!r}: {exc}")
+        pattern, text = conn.recv()
+    except EOFError:
+        break
+    try:
+        rx = compile_(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        conn.send(("bad_pattern", str(exc)))
+        continue
+    try:
+        conn.send(("match" if rx.fullmatch(text) else "no_match", ""))
+    except (MemoryError, RecursionError) as exc:
+        conn.send(("error", type(exc).__name__))
+""" % (REGEX_MEMORY_BYTES, REGEX_MEMORY_BYTES)
+
+_REGEX_POOL = SharedPool(lambda: ScriptWorker(_REGEX_WORKER, "regex"), default_size, "regex")
+
+
+def verify_regex(completion: str, pattern: str, *, timeout_s: float = REGEX_TIMEOUT_S) -> Verdict:
+    """The extracted answer must match `pattern` in full. The match runs in a worker process that
+    is killed after `timeout_s`: a pattern that backtracks without end gives `unverifiable` with
+    detail "timeout", not a hung caller."""
+    t0 = time.perf_counter()
     got = extract_final(completion)
     if got is None:
         return Verdict.unverifiable("regex", "no answer found in the completion")
-    return Verdict.passed("regex", got) if rx.fullmatch(got) else Verdict.failed("regex", got, f"does not match {pattern!r}")
+    try:
+        kind, info = _REGEX_POOL.get().call((pattern, got), timeout_s)
+    except RuntimeError as exc:  # no worker could be started
+        return Verdict.errored("regex", str(exc), got)
+    el = time.perf_counter() - t0
+    if kind == "match":
+        return Verdict.passed("regex", got, elapsed_s=el)
+    if kind == "no_match":
+        return Verdict.failed("regex", got, f"does not match {pattern!r}", elapsed_s=el)
+    if kind == "bad_pattern":
+        return Verdict.unverifiable("regex", f"bad pattern {pattern!r}: {info}", elapsed_s=el)
+    if kind in ("timeout", "crash"):
+        return Verdict.unverifiable("regex", f"pattern {pattern!r}: {info}", got, detail=kind, elapsed_s=el)
+    return Verdict.errored("regex", info or kind, got, elapsed_s=el)
+
+
+def verify_regex_batch(pairs: Iterable[tuple[str, str]], *, timeout_s: float = REGEX_TIMEOUT_S) -> list[Verdict]:
+    """`verify_regex` over (completion, pattern) pairs, in order, on the worker pool's processes
+    side by side (so a few hostile patterns do not add up their timeouts)."""
+    pairs = list(pairs)
+    if len(pairs) <= 1:
+        return [verify_regex(c, p, timeout_s=timeout_s) for c, p in pairs]
+    workers = min(_REGEX_POOL.get().size, len(pairs))
+    with ThreadPoolExecutor(workers, thread_name_prefix="regex") as ex:
+        return list(ex.map(lambda cp: verify_regex(cp[0], cp[1], timeout_s=timeout_s), pairs))
+
+
+def regex_worker_pids() -> list[int]:
+    """Pids of the live regex worker processes (for tests)."""
+    return _REGEX_POOL.pids()
 
 
 JUDGE_PROMPT = """You are grading an answer against a reference. Reply with one line: VERDICT: CORRECT or VERDICT: INCORRECT.

@@ -16,27 +16,36 @@ How a completion is judged:
    text) and takes, in this order, the last `\\boxed{...}` / `\\fbox{...}` (balanced braces),
    the last "final answer is ...", the last `#### ...` (GSM8K), the last `A:` / `Answer:` line,
    the last "the answer is ...". Nothing found -> `unverifiable` (never `fail`).
-2. Fast path: when the gold and the answer are both plain numbers (integers, decimals, `1,000`,
+   Extraction is linear in the completion (a hostile 200k-character one takes milliseconds).
+2. Strict numeric answers (`MathOptions.strict_numeric`, on by default; `check_version` records
+   it): when the gold is a plain number (one `fast_number` reads: 7, -3, 0.5, 1,000, $18, 3/4,
+   \\frac{3}{4}), an answer that is not itself a number literal fails, whatever it evaluates
+   to: `2 + 5`, `4 + 4 = 8`, `4 + 4 = N`, `N`, `\\sqrt{49}` against 7 or 8. Under GRPO on
+   arithmetic a policy otherwise learns to echo the question. The exact rule (what counts as a
+   literal: `14/2`, `x = 7`, `7 apples`, ...) is in `why_not_a_number`. `verify_answer` does not
+   apply it (math-verify's semantics exactly).
+3. Fast path: when the gold and the answer are both plain numbers (integers, decimals, `1,000`,
    `$18`, `18.0`, `3/4`, `\\frac{3}{4}`, `-2`) the verdict is decided here, without sympy, with
    math-verify's own rules (exact for integers and fractions; decimals rounded to
    `float_rounding` places). A case that those rules could round either way is not decided
    here but handed on.
-3. Same form: an answer whose `surface_form` (delimiters, `\\dfrac`, `\\left`, spacing removed)
+4. Same form: an answer whose `surface_form` (delimiters, `\\dfrac`, `\\left`, spacing removed)
    equals the gold's passes without sympy, once a worker has parsed that gold (so a gold that
    is not math still comes out `unverifiable`). A batch probes each new gold with one of its
    differing answers first, so the others of the same problem can take this shortcut.
-4. Slow path: math-verify `parse` + `verify`, in a small pool of worker processes. math-verify's
-   own timeouts use `signal.alarm`, which only works on the main thread; here the worker runs
-   without them and the caller waits on a pipe with a deadline: a worker that overruns is
-   killed and replaced, and the verdict is `error` (detail "timeout"), never `fail`. This works
-   from any thread and from asyncio via `asyncio.to_thread`.
+5. Slow path: math-verify `parse` + `verify`, in a small pool of worker processes (workers.py).
+   math-verify's own timeouts use `signal.alarm`, which only works on the main thread; here the
+   worker runs without them and the caller waits on a pipe with a deadline: a worker that
+   overruns is killed and replaced, and the verdict is `error` (detail "timeout"), never `fail`.
+   This works from any thread and from asyncio via `asyncio.to_thread`.
 
 Statuses (the rule, for reports and rewards):
 - gold that math-verify cannot parse to a sympy object -> `unverifiable` (its string fallback
   does not count in `verify_math`; `verify_answer` keeps math-verify's own string comparison);
 - no answer found in the completion -> `unverifiable`;
-- an answer was found but cannot be parsed, or parses and differs -> `fail`: the model committed
-  to an answer and it is not the right one;
+- an answer was found but cannot be parsed, or parses and differs, or is not a number against a
+  plain-number gold (strict numeric) -> `fail`: the model committed to an answer and it is not
+  the right one;
 - worker timeout or crash -> `error` (the checker broke, not the model).
 
 The pool size is `FACTORY_MATH_WORKERS` (default: min(4, CPUs)); `configure_pool(workers=N)`
@@ -51,13 +60,11 @@ not a fresh import).
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import multiprocessing
 import os
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,8 +72,8 @@ from fractions import Fraction
 from typing import Iterable
 
 from .base import Verdict
+from .workers import SharedPool, WorkerPool, default_size
 
-logger = logging.getLogger(__name__)
 
 CHECK = "math"
 DEFAULT_TIMEOUT_S = 5.0
@@ -80,12 +87,17 @@ WORKER_MEMORY_BYTES = 4 << 30
 
 @dataclass(frozen=True)
 class MathOptions:
-    """math-verify settings that change a verdict (the keyword arguments of its test suite)."""
+    """Settings that change a verdict: math-verify's (the keyword arguments of its test suite),
+    and `strict_numeric`, ours (see `why_not_a_number`)."""
 
     match_types: tuple[str, ...] = ("latex", "expr")  # which math-verify extractors parse a string
     float_rounding: int = 6  # decimals compared after rounding (math-verify `float_rounding`)
     strict: bool = True  # False: variables matched by position, sets comparable with tuples
     allow_set_relation_comp: bool = False  # True: `1 < x < 2` may equal the set `(1, 2)`
+    # True: against a plain-number reference, an extracted answer must itself be a number, not an
+    # expression or equation that evaluates to it (`2 + 5`, `4 + 4 = 8`). Not applied by
+    # `verify_answer`, which keeps math-verify's semantics exactly.
+    strict_numeric: bool = True
 
     def __post_init__(self) -> None:
         bad = [m for m in self.match_types if m not in ("latex", "expr")]
@@ -96,6 +108,15 @@ class MathOptions:
 
 
 DEFAULT_OPTIONS = MathOptions()
+# Stored with every verdict (`verdicts.check_version`, see `check_version`): bump it when a change
+# makes the same completion get another verdict, so old and new verdicts are not mixed.
+# 2: strict numeric answers (`MathOptions.strict_numeric`).
+CHECK_VERSION = "2"
+
+
+def check_version(options: MathOptions = DEFAULT_OPTIONS) -> str:
+    """The version of the math check under `options`: "2+strict" by default."""
+    return CHECK_VERSION + ("+strict" if options.strict_numeric else "")
 
 
 # --------------------------------------------------------------------------- extraction
@@ -130,22 +151,44 @@ def _balanced(text: str, open_at: int) -> int | None:
     return None
 
 
+_BRACE_RE = re.compile(r"\\.|[{}]", re.S)  # an escape pair (`\{`, `\\`) or a structural brace
+_TOKEN_RE = re.compile(r"[^\s$]+")
+
+
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """For each `{` from `start` on, the index just past its closing `}` (unclosed ones absent):
+    `_balanced` for every brace in one pass, so many boxes cost one scan, not one each."""
+    closes: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_RE.finditer(text, start):
+        c = m.group()
+        if c == "{":
+            stack.append(m.start())
+        elif c == "}" and stack:
+            closes[stack.pop()] = m.end()
+    return closes
+
+
 def _last_boxed(text: str) -> str | None:
-    last = None
-    for m in _BOXED_RE.finditer(text):
-        start = m.end()
+    """The content of the last complete box with something in it. Linear in the text: a hostile
+    completion of 30,000 unclosed `\\boxed{` took minutes when each box scanned to the end."""
+    boxes = [m.end() for m in _BOXED_RE.finditer(text)]
+    closes: dict[int, int] | None = None
+    for start in reversed(boxes):
         if start < len(text) and text[start] == "{":
-            end = _balanced(text, start)
+            if closes is None:
+                closes = _closing_braces(text, boxes[0])
+            end = closes.get(start)
             if end is None:
                 continue  # truncated box (ran out of tokens): an earlier complete one still counts
             content = text[start + 1 : end - 1].strip()
         else:
             # `\boxed 5`: TeX takes the next token as the argument
-            tok = re.match(r"[^\s$]+", text[start:])
+            tok = _TOKEN_RE.match(text, start)
             content = tok.group(0) if tok else ""
         if content:
-            last = content
-    return last
+            return content
+    return None
 
 
 def _trim_line(rest: str) -> str | None:
@@ -296,6 +339,89 @@ def surface_form(text: str) -> str:
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r" ?([^A-Za-z0-9 ]) ?", r"\1", s)  # `x + 1` = `x+1`; `\\pi r` keeps its space
     return _peel(s.rstrip("."))
+
+
+# --------------------------------------------------------------------------- strict numeric answers
+
+# An answer is read as tokens, left to right, one `match` at a time (no pattern here can backtrack
+# across tokens, and answers over _LITERAL_MAX characters are refused first, so this is linear).
+_LITERAL_MAX = 200
+_INT_ = r"[0-9]+"
+_SIGN_ = r"(?:[+\-−]\s*)?"
+_NUMBER_TOKEN = (
+    rf"{_SIGN_}(?:"
+    rf"{_INT_}(?:\.{_INT_})?\s*(?:\\times|\\cdot|×)\s*10\s*\^\s*(?:\{{\s*[+\-−]?{_INT_}\s*\}}|[+\-−]?[0-9])"  # 1.2 \times 10^3
+    rf"|{_INT_}(?:\.{_INT_})?[eE][+\-]?{_INT_}"  # 1.2e3
+    rf"|(?:{_INT_}\s*)?\\[dtc]?frac\s*(?:\{{\s*[+\-−]?{_INT_}(?:\.{_INT_})?\s*\}}|[0-9])"
+    rf"\s*(?:\{{\s*{_INT_}(?:\.{_INT_})?\s*\}}|[0-9])"  # \frac{1}{2}, \dfrac12, 2\frac{1}{2}
+    rf"|{_INT_}\s*/\s*{_INT_}"  # 3/4
+    r"|[0-9]{1,3}(?:(?:,|\{,\}|\\,|,\\!|\\!| )[0-9]{3})+(?:\.[0-9]+)?"  # 1,000  1{,}000  1\,000  1 000
+    rf"|{_INT_}(?:[.,]{_INT_})?|[.,]{_INT_}"  # 7  7.5  7,5  .5
+    r")"
+)
+_LITERAL_TOKEN_RE = re.compile(
+    rf"(?P<num>{_NUMBER_TOKEN})"
+    r"|(?P<space>\s+|\\[,;:! ]|~|\\q?quad(?![A-Za-z]))"
+    r"|(?P<currency>\\\$|\$|€|£|¥|₹)"
+    r"|(?P<percent>\\?%|\\percent(?![A-Za-z]))"
+    r"|(?P<degree>\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z]))"
+    r"|(?P<power>\^\s*\{\s*[23]\s*\}|\^\s*[23]|[²³])"  # of a unit only: cm^2
+    r"|(?P<eq>=|\\approx(?![A-Za-z])|≈)"
+    r"|(?P<word>[A-Za-z][A-Za-z'’.]*(?:[-/][A-Za-z][A-Za-z'’.]*)*)"  # apples, sq.ft., km/h, x
+    r"|(?P<sub>_\s*(?:\{[A-Za-z0-9]*\}|[A-Za-z0-9]))"  # x_1
+    r"|(?P<cmd>\\[A-Za-z]+)"  # \sqrt, \pi, \times, \theta: only a variable name may be one
+    r"|(?P<punct>[:,;()!])"
+    r"|(?P<op>.)",  # + * ? { } and anything else: not part of a number literal
+    re.S,
+)
+_TEXT_CMD_RE = re.compile(r"\\(?:text(?:bf|it|rm|up|normal)?|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
+
+
+def why_not_a_number(answer: str) -> str | None:
+    """None when `answer` is a number literal as people write one, else why it is not.
+
+    A number literal: one number in a usual form (7, -3, 7.0, .5, 1,000, 1{,}000, 1 000, 3/4,
+    14/2, \\frac{1}{2}, \\dfrac12, 2\\frac{1}{2}, 1.2 \\times 10^{3}, 1.2e3, 7,5), optionally with a
+    currency sign ($7, \\$7, €7), a percent or degree sign (7%, 7\\%, 30^\\circ), unit words
+    (7 apples, 24 \\text{ cm}^2, 7 km/h), other words around it without numbers or operators
+    ("Janet earns $18 a day"), math delimiters or a box ($7$, \\boxed{7}), and at most one
+    assignment whose left side is a name ("x = 7", "k \\approx 0.33", "total = 7").
+    Not one: a sum, product or power (2 + 5, 2 \\cdot 3, 2^3, \\sqrt{49}), an equation whose left
+    side is not a name (4 + 4 = 8, 2 + 5 = 7, 4 + 4 = N), more than one number (7 and 8,
+    x=7, y=8), or no number at all (N, x, ?, ...). A plain fraction a/b IS a literal (14/2 for 7
+    passes): it is how fractions are written, and a/b alone is no restatement of a question.
+    Closed forms (\\sqrt{2}, \\pi) are not literals: against a decimal reference they fail
+    under strict_numeric.
+    """
+    s = answer.strip()
+    if len(s) > _LITERAL_MAX:
+        return f"it is over {_LITERAL_MAX} characters long"
+    s = _LEFTRIGHT_RE.sub("", _peel(s.rstrip(".")))
+    s = _TEXT_CMD_RE.sub(lambda m: f" {m.group(1)} ", s).strip().rstrip(".")
+    kinds: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(s):
+        m = _LITERAL_TOKEN_RE.match(s, pos)
+        assert m is not None  # `op` matches any one character
+        pos = m.end()
+        if m.lastgroup != "space":
+            kinds.append((m.lastgroup or "op", m.group()))
+    if not any(k == "num" for k, _ in kinds):
+        return "it has no number in it"
+    eqs = [i for i, (k, _) in enumerate(kinds) if k == "eq"]
+    if len(eqs) > 1:
+        return "it is a chain of equations"
+    if eqs:
+        lhs, kinds = kinds[: eqs[0]], kinds[eqs[0] + 1 :]
+        if not lhs or any(k not in ("word", "cmd", "sub", "punct") for k, _ in lhs):
+            return "it is an equation, not a value"
+    for i, (k, text) in enumerate(kinds):
+        if k in ("op", "cmd", "sub") or (k == "power" and (i == 0 or kinds[i - 1][0] != "word")):
+            return f"{text!r} makes it an expression"
+    nums = sum(k == "num" for k, _ in kinds)
+    if nums != 1:
+        return f"it has {nums} numbers: an expression or a list, not one value" if nums else "it has no number after '='"
+    return None
 
 
 # --------------------------------------------------------------------------- gold
@@ -473,6 +599,10 @@ class _Worker:
     def pid(self) -> int | None:
         return self.proc.pid
 
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.exitcode
+
     def kill(self) -> None:
         try:
             if self.proc.is_alive():
@@ -482,99 +612,6 @@ class _Worker:
             self.conn.close()
 
 
-class _Pool:
-    """A few persistent worker processes; a caller checks one out, so any thread may call."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self.owner_pid = os.getpid()
-        self._ctx = _mp_context()
-        self._cond = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._live: set[_Worker] = set()
-        self._count = 0  # live + starting, never above size
-        self._closed = False
-
-    def _checkout(self) -> _Worker:
-        with self._cond:
-            while not self._idle and self._count >= self.size:
-                if self._closed:
-                    raise RuntimeError("math-verify pool is shut down")
-                self._cond.wait()
-            if self._closed:
-                raise RuntimeError("math-verify pool is shut down")
-            if self._idle:
-                return self._idle.pop()
-            self._count += 1
-        try:
-            w = _Worker(self._ctx)  # started outside the lock: it takes a while
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-        with self._cond:
-            self._live.add(w)
-        return w
-
-    def _release(self, w: _Worker) -> None:
-        with self._cond:
-            if self._closed:
-                self._live.discard(w)
-                self._count -= 1
-                w.kill()
-            else:
-                self._idle.append(w)
-            self._cond.notify()
-
-    def _discard(self, w: _Worker) -> None:
-        w.kill()
-        with self._cond:
-            self._live.discard(w)
-            self._count -= 1
-            self._cond.notify()
-
-    def call(self, request: tuple, timeout_s: float) -> tuple[str, str]:
-        w = self._checkout()
-        try:
-            w.conn.send(request)
-            if not w.conn.poll(timeout_s):
-                logger.warning("math-verify worker %s overran %.1fs: killed and replaced", w.pid, timeout_s)
-                self._discard(w)
-                return ("timeout", f"math-verify took over {timeout_s:g}s; worker killed")
-            resp = w.conn.recv()
-        except (EOFError, OSError) as e:
-            code = w.proc.exitcode
-            logger.warning("math-verify worker %s died (exit code %s): %s", w.pid, code, e)
-            self._discard(w)
-            return ("crash", f"math-verify worker died (exit code {code})")
-        except BaseException:
-            self._discard(w)  # interrupted mid-request: the worker's state is unknown
-            raise
-        self._release(w)
-        return resp
-
-    def worker_pids(self) -> list[int]:
-        with self._cond:
-            return [w.pid for w in self._live if w.pid]
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            for w in idle:
-                self._live.discard(w)
-                self._count -= 1
-            self._cond.notify_all()
-        for w in idle:
-            w.kill()
-
-
-_pool: _Pool | None = None
-_pool_lock = threading.Lock()
-_pool_size: int | None = None
-
-
 def _default_size() -> int:
     env = os.environ.get("FACTORY_MATH_WORKERS")
     if env:
@@ -582,57 +619,29 @@ def _default_size() -> int:
             return max(1, int(env))
         except ValueError:
             raise ValueError(f"FACTORY_MATH_WORKERS={env!r}: expected a positive integer") from None
-    return max(1, min(4, os.cpu_count() or 1))
+    return default_size()
 
 
-def _get_pool() -> _Pool:
-    global _pool
-    with _pool_lock:
-        if _pool is not None and _pool.owner_pid != os.getpid():
-            _pool = None  # we are a forked child: the parent's workers are not ours to use
-        if _pool is None:
-            _pool = _Pool(_pool_size or _default_size())
-        return _pool
+_POOL = SharedPool(lambda: _Worker(_mp_context()), _default_size, "math-verify")
+
+
+def _get_pool() -> WorkerPool:
+    return _POOL.get()
 
 
 def configure_pool(workers: int | None = None) -> None:
     """Set the number of worker processes (None: FACTORY_MATH_WORKERS or min(4, CPUs)); restarts the pool."""
-    global _pool_size
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers={workers}: expected >= 1")
-    shutdown_pool()
-    _pool_size = workers
+    _POOL.configure(workers)
 
 
 def shutdown_pool() -> None:
     """Stop the worker processes (busy ones stop when their request ends). Safe to call twice."""
-    global _pool
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None and pool.owner_pid == os.getpid():
-        pool.close()
+    _POOL.shutdown()
 
 
 def worker_pids() -> list[int]:
     """Pids of the live worker processes (for accounting and tests)."""
-    with _pool_lock:
-        pool = _pool
-    return pool.worker_pids() if pool is not None and pool.owner_pid == os.getpid() else []
-
-
-atexit.register(shutdown_pool)
-
-
-def _reset_after_fork() -> None:
-    # A fork taken while another thread held the lock would leave the child's copy locked forever;
-    # the parent's workers are not the child's to use either (it starts its own when needed).
-    global _pool, _pool_lock
-    _pool_lock = threading.Lock()
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    return _POOL.pids()
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -654,13 +663,11 @@ def _verdict_from_worker(resp: tuple[str, str], answer: str, t0: float) -> Verdi
     return Verdict.errored(CHECK, info or kind, answer, detail=detail, elapsed_s=el, extra=extra)
 
 
-def _fast_verdict(answer: str, gold: MathGold, opts: MathOptions, t0: float) -> Verdict | None:
+def _fast_verdict(answer: str, pred: tuple[Fraction, bool] | None, gold: MathGold, opts: MathOptions,
+                  t0: float) -> Verdict | None:
     # Only with both extractors on: with one of them off math-verify may not even see a number
     # that the fast path would read (a bare `9` under latex-only parses to nothing).
-    if gold.number is None or set(opts.match_types) != {"latex", "expr"}:
-        return None
-    pred = fast_number(answer)
-    if pred is None:
+    if gold.number is None or pred is None or set(opts.match_types) != {"latex", "expr"}:
         return None
     same = _fast_equal(gold.number, pred, opts.float_rounding)
     if same is None:
@@ -725,7 +732,14 @@ def _plan(pred_text: str | None, how: str, gold, opts: MathOptions, raw_gold: bo
     if not g.text:
         job.verdict = Verdict.unverifiable(CHECK, "gold answer is empty", answer, elapsed_s=time.perf_counter() - t0)
         return job
-    job.verdict = _fast_verdict(answer, g, opts, t0)
+    pred = fast_number(answer) if g.number is not None else None
+    if opts.strict_numeric and how != "raw" and g.number is not None and pred is None:
+        why = why_not_a_number(answer)
+        if why:  # checked first: math-verify would evaluate `2 + 5` to the reference 7
+            job.verdict = Verdict.failed(CHECK, answer, f"the reference is a number and the answer is not: {why}",
+                                         elapsed_s=time.perf_counter() - t0, extra={"path": "strict"})
+            return job
+    job.verdict = _fast_verdict(answer, pred, g, opts, t0)
     job.pred_cands = _candidates(answer, how)
     if job.verdict is None and how != "raw":  # raw: math-verify's semantics exactly, no shortcut
         job.gold_form = surface_form(g.text)
@@ -836,6 +850,8 @@ def _run_many(jobs: list[_Job], options: MathOptions, timeout_s: float) -> None:
 
 __all__ = [
     "CHECK",
+    "CHECK_VERSION",
+    "check_version",
     "MathGold",
     "MathOptions",
     "configure_pool",
@@ -847,5 +863,6 @@ __all__ = [
     "verify_answer",
     "verify_math",
     "verify_math_batch",
+    "why_not_a_number",
     "worker_pids",
 ]

@@ -13,6 +13,7 @@ import pytest
 
 from factory.verifiers.math import (
     MathOptions,
+    check_version,
     extract_answer,
     fast_number,
     prepare_gold,
@@ -20,6 +21,7 @@ from factory.verifiers.math import (
     verify_answer,
     verify_math,
     verify_math_batch,
+    why_not_a_number,
     worker_pids,
 )
 
@@ -68,6 +70,92 @@ def test_no_answer_is_unverifiable_not_fail():
     for text in ("I think it is about twelve", "", "<think>\\boxed{3}</think>"):
         v = verify_math(text, "12")
         assert v.status == "unverifiable" and v.score is None and v.extracted_answer is None
+
+
+N = 200_000
+# Completions built to make extraction slow: many boxes that never close (each used to be scanned
+# to the end), chains of `\boxed` without braces, deep nesting, long runs without a line break.
+HOSTILE = {
+    "unclosed boxes": "\\boxed{" * (N // 7),
+    "brace-less box chain": "\\boxed" * (N // 6),
+    "nested boxes": "\\boxed{" * (N // 14) + "1" + "}" * (N // 14),
+    "boxes then text": "\\boxed{1}" * (N // 9),
+    "answer lines": "The final answer is: 4 + 4 = N. " * (N // 32),
+    "one long line": "A: " + "1 + " * (N // 4),
+    "hashes": "#" * N,
+    "braces": "{" * N,
+    "backslashes": "\\" * N,
+    "text commands": "Answer: " + "\\text{" * (N // 6),
+    "dollars": "The answer is $" + "$" * N,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_completions_are_read_in_linear_time(name):
+    text = HOSTILE[name]
+    for step in (extract_answer, lambda t: surface_form(extract_answer(t) or t), lambda t: why_not_a_number(extract_answer(t) or t)):
+        t0 = time.perf_counter()
+        step(text)
+        assert time.perf_counter() - t0 < 2.0, name  # the old box scan took minutes on the first three
+
+
+# ----------------------------------------------------------------- strict numeric answers
+
+
+@pytest.mark.parametrize(
+    "completion,gold,why",
+    [("The answer is 2 + 5.", "7", "2 numbers"),  # math-verify evaluates it to 7
+     ("So, the final answer is: 4 + 4 = N.", "8", "an equation"),
+     (r"\boxed{4 + 4 = 8}", "8", "an equation"),
+     ("The answer is 2 + 5 = 7.", "7", "an equation"),
+     (r"\boxed{N}", "8", "no number"),
+     (r"\boxed{?}", "8", "no number"),
+     ("Answer: What is 2 + 5?", "7", "expression"),
+     (r"\boxed{\sqrt{49}}", "7", r"'\\sqrt'"),
+     (r"\boxed{2^3}", "8", "'^3'"),
+     (r"\boxed{7 + 0}", "7", "2 numbers"),
+     (r"\boxed{x = 2 + 5}", "7", "2 numbers"),
+     ("The answer is 7 - x.", "7", "'-'")],
+)
+def test_restatements_fail_against_a_number(completion, gold, why):
+    v = verify_math(completion, gold)
+    assert (v.status, v.extra["path"]) == ("fail", "strict"), v
+    assert v.reason.startswith("the reference is a number and the answer is not") and why in v.reason, v.reason
+    # without the option math-verify has the last word (it credits these; `N`, `?` are plain wrong)
+    loose = verify_math(completion, gold, options=MathOptions(strict_numeric=False))
+    assert loose.extra.get("path") != "strict"
+
+
+def test_restatements_fail_in_a_batch_too():
+    got = verify_math_batch([("The answer is 2 + 5.", "7"), ("The answer is 7.", "7"), ("The answer is 3 + 4.", 7)])
+    assert [v.status for v in got] == ["fail", "pass", "fail"]
+
+
+@pytest.mark.parametrize(
+    "answer,gold",
+    [("7", "7"), ("7.0", "7"), ("7/1", "7"), ("14/2", "7"), (r"\boxed{7}", "7"), ("7 apples", "7"),
+     ("$7", "7"), (r"\$7.00", "7"), ("7%", "7"), (r"7\%", "7"), ("1,000", "1000"), (r"1{,}000", "1000"),
+     ("-3", "-3"), (r"\frac{1}{2}", "0.5"), (r"\dfrac12", "0.5"), ("3/4", "3/4"), ("x = 7", "7"),
+     (r"\theta = 30^\circ", "30"), (r"24 \text{ cm}^2", "24"), ("Janet makes $18 every day", "18"),
+     (r"k = \frac{1}{3}", "1/3"), (r"1.2 \times 10^3", "1200"), ("7 (seven)", "7")],
+)
+def test_numbers_in_the_usual_forms_still_pass(answer, gold):
+    assert why_not_a_number(answer) is None
+    # (math-verify reads `\boxed{7 (seven)}` as a product; such an answer comes on a line)
+    v = verify_math(f"\\boxed{{{answer}}}" if "(" not in answer else f"The answer is {answer}.", gold)
+    assert v.status == "pass", v
+
+
+def test_symbolic_references_keep_math_verify_equivalence():
+    # the gold is not a plain number: no strictness, `2 + 5`-like forms are still equal
+    assert verify_math(r"\boxed{1 + x}", "x+1").status == "pass"
+    assert verify_math(r"\boxed{\frac{\sqrt{8}}{2}}", r"\sqrt{2}").status == "pass"
+    assert verify_math(r"\boxed{2 \cdot \pi}", r"2\pi").status == "pass"
+
+
+def test_strictness_is_in_the_check_version():
+    assert check_version() == "2+strict"
+    assert check_version(MathOptions(strict_numeric=False)) == "2"
 
 
 # ----------------------------------------------------------------- fast path
