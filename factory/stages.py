@@ -191,7 +191,7 @@ def verify_samples(
             if gold is None:
                 verdicts[i] = Verdict.unverifiable(name, "no reference answer")
             elif name == "regex":
-                verdicts[i] = answers.verify_regex(completion, str(gold))
+                verdicts[i] = answers.verify_regex(completion, str(gold), timeout_s=recipe.verify_timeout_s)
             else:
                 verdicts[i] = (answers.verify_choice if name == "choice" else answers.verify_exact)(completion, str(gold))
         else:

@@ -52,6 +52,7 @@ bytearrays); HumanEval/MBPP asserts themselves are weak (few cases, float tolera
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import time
@@ -60,6 +61,8 @@ from typing import Iterable, Sequence
 
 from .base import Verdict
 from .sandbox import Sandbox, SandboxConfig, SandboxResult, SandboxUnavailable
+
+log = logging.getLogger(__name__)
 
 CHECK = "code"
 CHECK_VERSION = "2"  # 2: the judge decides from returned data (1: an in-process harness)
@@ -640,9 +643,10 @@ def _bad_tests(tests) -> str | None:
     if style == "stdio":
         cases = tests.get("cases")
         if not isinstance(cases, list) or not cases or not all(
-            isinstance(c, dict) and isinstance(c.get("stdout"), str) for c in cases
+            isinstance(c, dict) and isinstance(c.get("stdout"), str)
+            and isinstance(c.get("stdin") if c.get("stdin") is not None else "", str) for c in cases
         ):
-            return "tests.cases: expected a non-empty list of {stdin, stdout}"
+            return "tests.cases: expected a non-empty list of {stdin, stdout} strings"
         return None
     return f"tests.style {style!r}: expected 'asserts' or 'stdio'"
 
@@ -771,6 +775,9 @@ def verify_code(completion: str, tests: dict, *, config: SandboxConfig | None = 
         return _run(_cached_box(config or SandboxConfig()), completion, tests, judge)
     except SandboxUnavailable as e:
         return Verdict.errored(CHECK, str(e), detail="sandbox_error")
+    except Exception as e:  # one broken row never takes the batch down with it
+        log.exception("code verifier failed on one row")
+        return Verdict.errored(CHECK, f"verifier error: {type(e).__name__}: {str(e)[:200]}", detail="verifier_error")
 
 
 def verify_code_batch(items: Iterable[tuple[str, dict] | dict], config: SandboxConfig | None = None,
@@ -793,9 +800,7 @@ def verify_code_batch(items: Iterable[tuple[str, dict] | dict], config: SandboxC
     def one(pair) -> Verdict:
         box, judge = free.get()
         try:
-            return _run(box, pair[0], pair[1], judge)
-        except SandboxUnavailable as e:
-            return Verdict.errored(CHECK, str(e), detail="sandbox_error")
+            return verify_code(pair[0], pair[1], sandbox=box, judge=judge)
         finally:
             free.put((box, judge))
 

@@ -140,3 +140,15 @@ def test_mbpp_reference_solutions():
     assert sorted(failed) == [367, 601, 927]
     assert {s for s, _ in failed.values()} == {"unverifiable"}
     assert "class Pair" in failed[601][1]
+
+
+@needs_sandbox
+def test_one_malformed_row_never_sinks_the_batch():
+    good = ("def f():\n    return 1\n", {"style": "asserts", "entry_point": "f", "asserts": ["assert f() == 1"]})
+    rows = [good,
+            ("print(1)", {"style": "stdio", "cases": [{"stdin": 5, "stdout": "1"}]}),
+            ("x", {"style": "asserts", "asserts": ["assert f() == 1"], "setup": ["not", "text"]}),
+            ("x", "not a dict"),
+            good]
+    verdicts = verify_code_batch(rows, CFG, workers=2)
+    assert [v.status for v in verdicts] == ["pass", "unverifiable", "unverifiable", "unverifiable", "pass"]
