@@ -5,8 +5,8 @@
 # real recipe loop (trainer/loop.py: FSDP2 fully_shard with a bf16 MixedPrecisionPolicy,
 # activation checkpointing, packed rows with per-document positions), printing tokens/s and
 # MFU per run. Random-weight Qwen2-shaped models built from a config and synthetic token data:
-# nothing is downloaded, no tokenizer file is needed. Needs no network unless a Python package
-# is missing, in which case it runs `pip install -e '.[train]'` (PyPI only).
+# nothing is downloaded, no tokenizer file is needed. Needs no network: Python packages the
+# machine lacks come from wheels carried in .whl/ (benches/gpu_wheels.sh fetches them).
 # Output: a table on stdout, and benches/results/gpu_check.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +18,25 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=exp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no NVIDIA GPU visible"; exit 1; }
 NGPU=$(nvidia-smi --list-gpus | wc -l)
 
-if ! "$PY" -c "import torch, transformers, pydantic, yaml, duckdb, pyarrow; assert torch.cuda.is_available()" 2>/dev/null; then
-  echo "installing what is missing: pip install -e '.[train]'"
-  "$PY" -m pip install -q -e '.[train]'
+# The lent GPU machine has no network and its own Python (3.12, torch 2.11): nothing is ever
+# installed from a registry here. What its image lacks travels as wheels in .whl/ (fetched on a
+# machine with PyPI by `bash benches/gpu_wheels.sh`, carried with the working tree) and is
+# installed from that folder alone, into a temporary target.
+if ! "$PY" -c "import torch, transformers, pydantic, yaml, duckdb, pyarrow" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    echo "installing the carried wheels from .whl/ (no index)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/rf-site .whl/*.whl
+    export PYTHONPATH="/tmp/rf-site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  missing=$("$PY" -c "
+import importlib.util as u
+print(' '.join(m for m in ('torch', 'transformers', 'pydantic', 'yaml', 'duckdb', 'pyarrow') if u.find_spec(m) is None))")
+  if [ -n "$missing" ]; then
+    echo "missing Python packages: $missing. Run 'bash benches/gpu_wheels.sh' where PyPI answers and carry .whl/" >&2
+    exit 1
+  fi
 fi
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 
 WORK=$(mktemp -d)
