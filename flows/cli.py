@@ -130,13 +130,17 @@ def sql(
             raise BadInput(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
         if format == "parquet" and output is None:
             raise BadInput("--format parquet needs --output PATH")
-        if timeout <= 0:
-            raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
+        _check_limits(timeout)
         with Lake.open(store, catalog, create=False) as lake:
             result = lake.sql(query, timeout_s=timeout, memory_limit=memory_limit)
         write_table(result, format, output, max_rows)
 
     _run(job)
+
+
+def _check_limits(timeout: float) -> None:
+    if not timeout > 0:
+        raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
 
 
 def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int = 50) -> None:
@@ -156,8 +160,11 @@ def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int 
                 pcsv.write_csv(data, buf)
                 fh.write(buf.getvalue().to_pybytes().decode())
             elif format == "json":
-                json.dump(data.to_pylist(), fh, default=str, ensure_ascii=False)
-                fh.write("\n")
+                # Batch by batch, so the rows are never all Python objects at once.
+                fh.write("[")
+                for i, row in enumerate(r for b in data.to_batches() for r in b.to_pylist()):
+                    fh.write((", " if i else "") + json.dumps(row, default=str, ensure_ascii=False))
+                fh.write("]\n")
             else:
                 _write_jsonl(data.to_batches(), fh)
     if output is not None:
@@ -242,16 +249,26 @@ def tables(store: Store = None, catalog: Catalog = None) -> None:
 @app.command()
 def snapshot(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name (letters, digits, '-', '_', '.').")],
-    query: Annotated[str, typer.Argument(metavar="SQL", help="The SELECT that defines the dataset.")],
+    query: Annotated[str, typer.Argument(metavar="SQL", help="The SELECT that defines the dataset: the same confined, read-only SQL as `factory sql`.")],
     description: Annotated[Optional[str], typer.Option(metavar="TEXT", help="A note stored with the version.")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time limit for checking and counting the SELECT.")] = 60.0,
+    memory_limit: Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit of the SELECT, e.g. 2GB.")] = "2GB",
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Save a SELECT as the next version of a named dataset, pinned to the current lake snapshot."""
+    """Save a SELECT as the next version of a named dataset, pinned to the current lake snapshot.
+
+    The SELECT is checked and counted like `factory sql`: read-only, on its own engine, with no
+    side-effect functions (enable_profiling, checkpoint, nextval, ...), no table functions but
+    range/unnest/json_each and the read-only ducklake_*/duckdb_* views, no files or network, and
+    within the time and memory limits, holding no lock a writer waits on. Only the dataset's row
+    is then written. A refused SELECT exits 2 with a one-line reason and writes nothing.
+    """
 
     def job() -> None:
+        _check_limits(timeout)
         with Lake.open(store, catalog, create=False) as lake:
-            ds = lake.save_dataset(name, query, description=description)
+            ds = lake.save_dataset(name, query, description=description, timeout_s=timeout, memory_limit=memory_limit)
         err.print(f"dataset {ds.name} version {ds.version}: {ds.row_count} row(s) at lake snapshot {ds.snapshot_id}", markup=False)
 
     _run(job)
