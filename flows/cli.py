@@ -154,11 +154,7 @@ def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int 
     else:
         with _open_out(output) as fh:
             if format == "csv":
-                import pyarrow.csv as pcsv
-
-                buf = pa.BufferOutputStream()
-                pcsv.write_csv(data, buf)
-                fh.write(buf.getvalue().to_pybytes().decode())
+                _write_csv(data, fh)
             elif format == "json":
                 # Batch by batch, so the rows are never all Python objects at once.
                 fh.write("[")
@@ -169,6 +165,28 @@ def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int 
                 _write_jsonl(data.to_batches(), fh)
     if output is not None:
         err.print(f"wrote {data.num_rows} row(s) to {output}", markup=False)
+
+
+def _write_csv(data: pa.Table, fh) -> None:
+    """CSV, batch by batch; a list, struct or map cell is written as its JSON text."""
+    import pyarrow.csv as pcsv
+
+    header = True
+    for batch in data.to_batches() or [pa.RecordBatch.from_pylist([], schema=data.schema)]:
+        batch = pa.RecordBatch.from_arrays([_csv_column(c) for c in batch.columns], names=batch.schema.names)
+        buf = pa.BufferOutputStream()
+        pcsv.write_csv(batch, buf, pcsv.WriteOptions(include_header=header))
+        fh.write(buf.getvalue().to_pybytes().decode())
+        header = False
+
+
+def _csv_column(column: pa.Array) -> pa.Array:
+    t = column.type
+    if not (pa.types.is_nested(t)):
+        return column
+    return pa.array(
+        [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in column.to_pylist()], pa.string()
+    )
 
 
 def _write_jsonl(batches, fh) -> int:

@@ -305,3 +305,17 @@ def test_the_memory_limit_holds(cli, seed, tmp_path, command, query):
     assert "memory limit of 100MB" in stderr and len(stderr.splitlines()) == 1
     assert peak - base < 5 * 100, f"peak {peak:.0f} MB against {base:.0f} MB for SELECT 1"
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_csv_writes_list_and_struct_cells_as_json(cli, seed):
+    import csv
+    import io
+
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    q = "SELECT [1, 2] AS l, {'a': 1, 'b': 'x, \"y\"'} AS s, [{'k': NULL}] AS ls, NULL::INT[] AS none, 3 AS n"
+    r = cli("sql", q, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    header, row = list(csv.reader(io.StringIO(r.stdout)))
+    assert header == ["l", "s", "ls", "none", "n"]
+    assert [json.loads(row[0]), json.loads(row[1]), json.loads(row[2])] == [[1, 2], {"a": 1, "b": 'x, "y"'}, [{"k": None}]]
+    assert row[3:] == ["", "3"]
