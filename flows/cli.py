@@ -144,13 +144,17 @@ def sql(
             raise BadInput(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
         if format == "parquet" and output is None:
             raise BadInput("--format parquet needs --output PATH")
-        if timeout <= 0:
-            raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
+        _check_limits(timeout)
         with Lake.open(store, catalog, create=False) as lake:
             result = lake.sql(query, timeout_s=timeout, memory_limit=memory_limit)
         write_table(result, format, output, max_rows)
 
     _run(job)
+
+
+def _check_limits(timeout: float) -> None:
+    if not timeout > 0:
+        raise BadInput(f"--timeout {timeout}: expected a positive number of seconds")
 
 
 def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int = 50) -> None:
@@ -164,18 +168,39 @@ def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int 
     else:
         with _open_out(output) as fh:
             if format == "csv":
-                import pyarrow.csv as pcsv
-
-                buf = pa.BufferOutputStream()
-                pcsv.write_csv(data, buf)
-                fh.write(buf.getvalue().to_pybytes().decode())
+                _write_csv(data, fh)
             elif format == "json":
-                json.dump(data.to_pylist(), fh, default=str, ensure_ascii=False)
-                fh.write("\n")
+                # Batch by batch, so the rows are never all Python objects at once.
+                fh.write("[")
+                for i, row in enumerate(r for b in data.to_batches() for r in b.to_pylist()):
+                    fh.write((", " if i else "") + json.dumps(row, default=str, ensure_ascii=False))
+                fh.write("]\n")
             else:
                 _write_jsonl(data.to_batches(), fh)
     if output is not None:
         err.print(f"wrote {data.num_rows} row(s) to {output}", markup=False)
+
+
+def _write_csv(data: pa.Table, fh) -> None:
+    """CSV, batch by batch; a list, struct or map cell is written as its JSON text."""
+    import pyarrow.csv as pcsv
+
+    header = True
+    for batch in data.to_batches() or [pa.RecordBatch.from_pylist([], schema=data.schema)]:
+        batch = pa.RecordBatch.from_arrays([_csv_column(c) for c in batch.columns], names=batch.schema.names)
+        buf = pa.BufferOutputStream()
+        pcsv.write_csv(batch, buf, pcsv.WriteOptions(include_header=header))
+        fh.write(buf.getvalue().to_pybytes().decode())
+        header = False
+
+
+def _csv_column(column: pa.Array) -> pa.Array:
+    t = column.type
+    if not (pa.types.is_nested(t)):
+        return column
+    return pa.array(
+        [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in column.to_pylist()], pa.string()
+    )
 
 
 def _write_jsonl(batches, fh) -> int:
@@ -256,16 +281,26 @@ def tables(store: Store = None, catalog: Catalog = None) -> None:
 @app.command()
 def snapshot(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name (letters, digits, '-', '_', '.').")],
-    query: Annotated[str, typer.Argument(metavar="SQL", help="The SELECT that defines the dataset.")],
+    query: Annotated[str, typer.Argument(metavar="SQL", help="The SELECT that defines the dataset: the same confined, read-only SQL as `factory sql`.")],
     description: Annotated[Optional[str], typer.Option(metavar="TEXT", help="A note stored with the version.")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time limit for checking and counting the SELECT.")] = 60.0,
+    memory_limit: Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit of the SELECT, e.g. 2GB.")] = "2GB",
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Save a SELECT as the next version of a named dataset, pinned to the current lake snapshot."""
+    """Save a SELECT as the next version of a named dataset, pinned to the current lake snapshot.
+
+    The SELECT is checked and counted like `factory sql`: read-only, on its own engine, with no
+    side-effect functions (enable_profiling, checkpoint, nextval, ...), no table functions but
+    range/unnest/json_each and the read-only ducklake_*/duckdb_* views, no files or network, and
+    within the time and memory limits, holding no lock a writer waits on. Only the dataset's row
+    is then written. A refused SELECT exits 2 with a one-line reason and writes nothing.
+    """
 
     def job() -> None:
+        _check_limits(timeout)
         with Lake.open(store, catalog, create=False) as lake:
-            ds = lake.save_dataset(name, query, description=description)
+            ds = lake.save_dataset(name, query, description=description, timeout_s=timeout, memory_limit=memory_limit)
         err.print(f"dataset {ds.name} version {ds.version}: {ds.row_count} row(s) at lake snapshot {ds.snapshot_id}", markup=False)
 
     _run(job)

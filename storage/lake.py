@@ -27,6 +27,8 @@ import fcntl
 import hashlib
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -43,7 +45,7 @@ from . import schemas
 from .config import LakeConfig
 from .errors import BadInput, LakeBusy, require
 from .extensions import connect as _connect_engine
-from .sql import check_confined, confine, parse_select, pin_to_snapshot, run_with_limit
+from .sql import check_confined, confine, parse_select, pin_to_snapshot, run_with_limit, stream
 
 _ALIAS = "lake"
 _ROW_GROUP_ROWS = 122_880  # DuckDB's own row group size, so both write paths read alike
@@ -84,6 +86,15 @@ def _is_init_race(exc: BaseException) -> bool:
 def _is_conflict(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "conflict" in text or "database is locked" in text or "could not serialize" in text
+
+
+def _check_user_sql(sql: str) -> None:
+    """Gates 1 and 2 of storage/sql.py (one allowed SELECT), before any engine opens the lake."""
+    parser = duckdb.connect()
+    try:
+        check_confined(parse_select(parser, sql))
+    finally:
+        parser.close()
 
 
 def _as_arrow(data: Any) -> pa.Table:
@@ -182,7 +193,9 @@ class Lake:
         )
         con.execute(f"CREATE OR REPLACE SECRET factory_s3 (TYPE s3, {body})")
 
-    def _attach(self, read_only: bool, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
+    def _attach(self, read_only: bool, catalog_copy: str | None = None) -> duckdb.DuckDBPyConnection:
+        """The lake attached on a fresh engine; `catalog_copy`: a copy of a DuckDB catalog file
+        to attach instead of the file itself (read-only)."""
         cfg = self.config
         try:
             if cfg.catalog_file and not read_only:
@@ -202,7 +215,7 @@ class Lake:
             options.append(f"DATA_INLINING_ROW_LIMIT {int(cfg.data_inlining_row_limit)}")
         if read_only and cfg.catalog_file and not Path(cfg.catalog_file).exists():
             raise BadInput(f"no lake at {cfg.describe()}: the catalog does not exist yet")
-        target = cfg.catalog_target.replace("'", "''")
+        target = (catalog_copy or cfg.catalog_target).replace("'", "''")
         statement = f"ATTACH 'ducklake:{target}' AS {_ALIAS} ({', '.join(options)})"
         deadline = time.monotonic() + cfg.lock_timeout_s
         delay = 0.05
@@ -532,22 +545,30 @@ class Lake:
         recipe_hash: str | None = None,
         description: str | None = None,
         run_id: str = "",
+        timeout_s: float | None = 60.0,
+        memory_limit: str = "2GB",
     ) -> DatasetVersion:
         """Save `sql` (one confined SELECT over the lake) as the next version of dataset `name`,
-        pinned to the current lake snapshot."""
+        pinned to the current lake snapshot.
+
+        The SELECT is checked and counted on the confined read-only engine (storage/sql.py),
+        within `timeout_s` and `memory_limit`, holding no lock; only then is its row written,
+        by our own code, through the writer. User SQL never runs on the writer connection."""
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise BadInput(f"dataset name {name!r}: expected letters, digits, '-', '_' or '.'")
+        _check_user_sql(sql)
+        with self._confined(memory_limit) as con:
+            snapshot = int(con.execute(f"SELECT id FROM {_ALIAS}.current_snapshot()").fetchone()[0])
+            pinned = pin_to_snapshot(con, sql, snapshot, self._table_names(con))
+            try:
+                counted = run_with_limit(con, f"SELECT count(*) AS n FROM ({pinned})", timeout_s, memory_limit)
+            except BadInput as exc:
+                raise BadInput(f"dataset {name!r}: {str(exc).replace('query failed', 'the SELECT fails', 1)}") from exc
+            rows = int(counted.column(0)[0].as_py())
         with self._lock:
             con = self.connection()
-            check_confined(parse_select(con, sql))
             # Under the name's lock, so two writers cannot both take the next version number.
             with self._key_lock(f"dataset:{name}"):
-                snapshot = self.snapshot_id()
-                pinned = pin_to_snapshot(con, sql, snapshot, self._table_names(con))
-                try:
-                    rows = con.execute(f"SELECT count(*) FROM ({pinned})").fetchone()[0]
-                except duckdb.Error as exc:
-                    raise BadInput(f"dataset {name!r}: the SELECT fails: {str(exc).splitlines()[0]}") from exc
                 last = con.execute(f"SELECT max(version) FROM {_ALIAS}.datasets WHERE name = ?", [name]).fetchone()[0]
                 version = int(last or 0) + 1
                 row = {
@@ -555,13 +576,13 @@ class Lake:
                     "version": version,
                     "sql": sql,
                     "snapshot_id": snapshot,
-                    "row_count": int(rows),
+                    "row_count": rows,
                     "recipe_hash": recipe_hash,
                     "description": description,
                     "run_id": run_id,
                 }
                 self.commit("datasets", [row], batch_key=f"dataset:{name}:v{version}", run_id=run_id)
-        return DatasetVersion(name, version, sql, snapshot, int(rows))
+        return DatasetVersion(name, version, sql, snapshot, rows)
 
     def dataset(self, name: str, version: int | None = None) -> DatasetVersion:
         """The saved definition of a dataset version (the newest when `version` is None)."""
@@ -577,16 +598,29 @@ class Lake:
             raise BadInput(f"{what} does not exist; datasets: {known or 'none yet'}")
         return DatasetVersion(**rows[0])
 
-    def dataset_reader(self, name: str, version: int | None = None, batch_size: int = 10_000) -> pa.RecordBatchReader:
-        """Stream a dataset version as Arrow batches, exactly as it was when saved."""
+    def dataset_reader(
+        self, name: str, version: int | None = None, batch_size: int = 10_000, *, memory_limit: str = "2GB"
+    ) -> pa.RecordBatchReader:
+        """Stream a dataset version as Arrow batches, exactly as it was when saved.
+
+        The saved SELECT is user SQL: it is checked again and runs on the confined read-only
+        engine, with no time limit (a long export or training read is normal)."""
         ds = self.dataset(name, version)
-        with self._lock:
-            con = self.connection()
+        _check_user_sql(ds.sql)
+        scope = contextlib.ExitStack()
+        try:
+            con = scope.enter_context(self._confined(memory_limit))
             pinned = pin_to_snapshot(con, ds.sql, ds.snapshot_id, self._table_names(con))
-            # A cursor so a long read does not hold the lake's main connection.
-            cursor = con.cursor()
-            cursor.execute(f"USE {_ALIAS}")
-            return cursor.execute(pinned).to_arrow_reader(batch_size)
+            reader = stream(con, pinned, None, memory_limit, batch_size)
+        except BaseException:
+            scope.close()
+            raise
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with scope:  # the engine and its catalog copy go when the reader is done or dropped
+                yield from reader
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
     def read_dataset(self, name: str, version: int | None = None) -> pa.Table:
         return self.dataset_reader(name, version).read_all()
@@ -600,22 +634,71 @@ class Lake:
 
     def sql(self, sql: str, *, timeout_s: float = 60.0, memory_limit: str = "2GB") -> pa.Table:
         """Run a user's SELECT read-only and confined to the lake (see storage/sql.py)."""
+        _check_user_sql(sql)
+        with self._confined(memory_limit) as con:
+            return run_with_limit(con, sql, timeout_s, memory_limit)
+
+    @contextlib.contextmanager
+    def _confined(self, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A fresh engine with the lake attached READ_ONLY and locked down (storage/sql.py).
+
+        A DuckDB catalog file is copied first and the copy attached: a read-only attach of the
+        file itself would hold a lock that every writer (this process's included) waits on for
+        as long as the query runs. The copy is taken under a shared lock, so no writer is
+        half-way through a commit, and deleted afterwards."""
         cfg = self.config
-        with self._lock:
-            if cfg.catalog_kind == "duckdb":
-                # The engine below attaches the same catalog file: one DuckDB instance may not
-                # attach it twice, so the writer connection steps aside until next use.
-                self.close()
-            con = self._attach(read_only=True)
-            try:
-                check_confined(parse_select(con, sql))
-                files = [cfg.catalog_file] if cfg.catalog_file else []
-                if cfg.catalog_file:
-                    files += [cfg.catalog_file + ".wal"]
-                confine(con, [cfg.data_path], files, memory_limit)
-                return run_with_limit(con, sql, timeout_s, memory_limit)
-            finally:
-                con.close()
+        with contextlib.ExitStack() as scope:
+            catalog = None
+            with self._lock:
+                if cfg.catalog_kind == "duckdb":
+                    folder = scope.enter_context(tempfile.TemporaryDirectory(prefix="factory-sql-"))
+                    # Our own writer first: it holds the file, and closing any descriptor of a
+                    # file drops this process's locks on it (POSIX).
+                    self.close()
+                    catalog = self._copy_catalog(folder)
+                con = self._attach(read_only=True, catalog_copy=catalog)
+            scope.callback(con.close)
+            files = [catalog, catalog + ".wal"] if catalog else []
+            if cfg.catalog_kind == "sqlite" and cfg.catalog_file:
+                files = [cfg.catalog_file, cfg.catalog_file + "-wal", cfg.catalog_file + "-shm"]
+            confine(con, [cfg.data_path], files, memory_limit)
+            yield con
+
+    def _copy_catalog(self, folder: str) -> str:
+        """Copy the DuckDB catalog file (and its WAL) into `folder` under a shared lock; wait up
+        to `lock_timeout_s` for a writer in another process, then `LakeBusy`."""
+        source = self.config.catalog_file
+        if not Path(source).exists():
+            raise BadInput(f"no lake at {self.config.describe()}: the catalog does not exist yet")
+        target = str(Path(folder) / Path(source).name)
+        deadline = time.monotonic() + self.config.lock_timeout_s
+        delay = 0.05
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            while True:
+                try:
+                    # DuckDB locks the whole file with fcntl: a shared lock keeps writers out.
+                    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise LakeBusy(
+                            f"the catalog {source} is held by another process (waited "
+                            f"{self.config.lock_timeout_s:g} s); retry later, or use a sqlite: or "
+                            "postgresql:// catalog for several writers"
+                        ) from None
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+            # Read through the locked descriptor: closing any other descriptor of the file
+            # would drop the lock (POSIX).
+            with open(target, "wb") as out:
+                while chunk := os.read(fd, 1 << 20):
+                    out.write(chunk)
+            if Path(source + ".wal").exists():
+                shutil.copyfile(source + ".wal", target + ".wal")
+        finally:
+            os.close(fd)  # drops the lock
+        return target
 
     # -- maintenance -------------------------------------------------------------------
 

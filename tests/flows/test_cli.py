@@ -213,3 +213,109 @@ def test_dedup_keeps_every_row_and_marks_clusters(cli, tmp_path):
     assert "kept 2 of 4 row(s)" in r.stderr
     r = cli("dedup", write_rows(tmp_path / "t.jsonl", rows), "--column", "text", "--output", str(out), "--threshold", "1.5")
     assert r.exit_code == 2 and "--threshold 1.5" in r.stderr
+
+
+# -- user SQL: one confinement for sql and snapshot -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM enable_profiling(format='json', save_location='{tmp}/profile.json')",
+        "SELECT * FROM enable_logging(storage_path='{tmp}/logs')",
+        "SELECT * FROM checkpoint('lake')",
+        "SELECT * FROM force_checkpoint('lake')",
+        "SELECT * FROM lake.merge_adjacent_files()",
+        "SELECT * FROM ducklake_merge_adjacent_files('lake')",
+        "SELECT * FROM problems WHERE 0 < (SELECT count(*) FROM enable_logging(storage_path='{tmp}/logs'))",
+        "SELECT setseed(0.5)",
+    ],
+)
+def test_snapshot_refuses_side_effect_functions_and_writes_nothing(cli, seed, tmp_path, query):
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    with Lake.open(str(tmp_path / "store")) as lake:
+        before = lake.snapshot_id()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    r = cli("snapshot", "d", query.format(tmp=tmp_path))
+    assert r.exit_code == 2, r.output
+    assert "is not allowed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    with Lake.open(str(tmp_path / "store")) as lake:
+        assert lake.snapshot_id() == before
+        assert lake.list_datasets().num_rows == 0
+
+
+def test_snapshot_stops_at_its_time_limit(cli, seed, tmp_path):
+    import time
+
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    start = time.monotonic()
+    r = cli("snapshot", "slow", "SELECT count(*) FROM range(100000000000)", "--timeout", "1")
+    seconds = time.monotonic() - start
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == "error: dataset 'slow': query stopped at the time limit of 1 s"
+    assert seconds < 1 + 10
+    assert cli("snapshot", "slow", "SELECT 1", "--timeout", "0").exit_code == 2
+    r = cli("snapshot", "fine", "SELECT * FROM problems", "--timeout", "30", "--memory-limit", "200MB")
+    assert r.exit_code == 0 and "version 1: 30 row(s)" in r.stderr
+
+
+_PEAK = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: sys.stderr.write(f'peak_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
+    "from flows.cli import main\n"
+    "sys.argv = ['factory', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+def _factory_peak(store: Path, *args: str) -> tuple[int, str, float]:
+    """Run `factory ARGS` in a fresh process; its exit code, stderr and peak RSS in MB."""
+    import os
+
+    env = {**os.environ, "FACTORY_STORE": str(store), "HF_HUB_OFFLINE": "1"}
+    env.pop("FACTORY_CATALOG", None)
+    r = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args], cwd=Path(__file__).resolve().parents[2], env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    lines = r.stderr.strip().splitlines()
+    peak = int(lines[-1].removeprefix("peak_kb=")) / 1024
+    return r.returncode, "\n".join(lines[:-1]), peak
+
+
+@pytest.mark.parametrize(
+    "command,query",
+    [
+        # ~2 GB of result: past DuckDB's own accounting (it finished at 2.1 GB RSS before).
+        (["sql", "--format", "csv", "--output", "{tmp}/out.csv"], "SELECT repeat('x', 1000) || range AS s FROM range(2000000)"),
+        # ~2 GB of hash table, counted by snapshot (it ran on the unlimited writer before).
+        (["snapshot", "big"], "SELECT DISTINCT repeat('x', 1000) || range AS s FROM range(2000000)"),
+    ],
+    ids=["sql", "snapshot"],
+)
+def test_the_memory_limit_holds(cli, seed, tmp_path, command, query):
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    store = tmp_path / "store"
+    code, _, base = _factory_peak(store, "sql", "SELECT 1")
+    assert code == 0
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    code, stderr, peak = _factory_peak(store, *args, query, "--memory-limit", "100MB")
+    assert code == 2, stderr
+    assert "memory limit of 100MB" in stderr and len(stderr.splitlines()) == 1
+    assert peak - base < 5 * 100, f"peak {peak:.0f} MB against {base:.0f} MB for SELECT 1"
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_csv_writes_list_and_struct_cells_as_json(cli, seed):
+    import csv
+    import io
+
+    cli("ingest", str(seed), "--table", "problems", "--map", "problem=question")
+    q = "SELECT [1, 2] AS l, {'a': 1, 'b': 'x, \"y\"'} AS s, [{'k': NULL}] AS ls, NULL::INT[] AS none, 3 AS n"
+    r = cli("sql", q, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    header, row = list(csv.reader(io.StringIO(r.stdout)))
+    assert header == ["l", "s", "ls", "none", "n"]
+    assert [json.loads(row[0]), json.loads(row[1]), json.loads(row[2])] == [[1, 2], {"a": 1, "b": 'x, "y"'}, [{"k": None}]]
+    assert row[3:] == ["", "3"]
