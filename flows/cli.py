@@ -12,6 +12,7 @@ that is a device, a folder or a symlink, or in a folder that does not exist, is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -144,6 +145,8 @@ def sql(
             raise BadInput(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
         if format == "parquet" and output is None:
             raise BadInput("--format parquet needs --output PATH")
+        if output is not None:
+            check_output(output)  # a device, link or missing folder fails before the query runs
         _check_limits(timeout)
         with Lake.open(store, catalog, create=False) as lake:
             result = lake.sql(query, timeout_s=timeout, memory_limit=memory_limit)
@@ -162,9 +165,11 @@ def write_table(data: pa.Table, format: str, output: Path | None, max_rows: int 
     if format == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(data, output, compression="zstd")
+        with atomic_output(output) as tmp:
+            pq.write_table(data, tmp, compression="zstd")
     elif format == "table":
-        _print_table(data, max_rows, output)
+        with _open_out(output) as fh:
+            _print_table(data, max_rows, fh, wide=output is not None)
     else:
         with _open_out(output) as fh:
             if format == "csv":
@@ -212,23 +217,19 @@ def _write_jsonl(batches, fh) -> int:
     return n
 
 
-class _open_out:
-    """stdout, or a file opened for text."""
-
-    def __init__(self, output: Path | None):
-        self.output = output
-
-    def __enter__(self):
-        self.fh = open(self.output, "w", encoding="utf-8") if self.output else sys.stdout
-        return self.fh
-
-    def __exit__(self, *exc: object) -> None:
-        if self.output:
-            self.fh.close()
+@contextlib.contextmanager
+def _open_out(output: Path | None):
+    """stdout, or a text file written through `atomic_output` (a device, link or folder as
+    --output is refused; the file appears whole or not at all)."""
+    if output is None:
+        yield sys.stdout
+        return
+    with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        yield fh
 
 
-def _print_table(data: pa.Table, max_rows: int, output: Path | None) -> None:
-    console = Console(file=open(output, "w", encoding="utf-8") if output else sys.stdout, highlight=False, width=200 if output else None)
+def _print_table(data: pa.Table, max_rows: int, fh, wide: bool = False) -> None:
+    console = Console(file=fh, highlight=False, width=200 if wide else None)
     view = Table(show_lines=False)
     for name in data.column_names:
         view.add_column(name, overflow="fold")
@@ -237,8 +238,6 @@ def _print_table(data: pa.Table, max_rows: int, output: Path | None) -> None:
     console.print(view)
     if data.num_rows > max_rows:
         err.print(f"{data.num_rows} rows; showing {max_rows} (--max-rows, or --format csv/jsonl for all)", markup=False)
-    if output:
-        console.file.close()
 
 
 def _short(v: object, limit: int = 200) -> str:

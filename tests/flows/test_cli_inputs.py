@@ -227,3 +227,21 @@ def test_run_refuses_a_folder_a_dataset_path_and_duplicate_keys(cli, tmp_path):
     recipe.write_text(base + "batch_size: 8\nbatch_size: 9\n")
     line = _one_line_refusal(cli("run", str(recipe)))
     assert f"{recipe}:5: duplicate key 'batch_size' (first at line 4)" in line
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "jsonl", "parquet"])
+def test_sql_output_refuses_devices_links_and_folders(cli, dataset, tmp_path, fmt):
+    target = tmp_path / "target.txt"
+    target.write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    dev = _device(tmp_path)
+    for bad in (link, dev, tmp_path, tmp_path / "missing" / "out"):
+        _one_line_refusal(cli("sql", "SELECT * FROM problems", "--format", fmt, "--output", str(bad)))
+    assert link.is_symlink() and target.read_text() == "keep"
+    assert stat.S_ISCHR(os.lstat(dev).st_mode)
+    out = tmp_path / f"out.{fmt}"
+    r = cli("sql", "SELECT * FROM problems", "--format", fmt, "--output", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert out.stat().st_size > 0
+    _no_partial_files(tmp_path)
