@@ -52,10 +52,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
     sys.path[0] = str(_HERE.parent)
 
 from factory.teachers.base import Endpoint, RequestGroup, Sampling, TeacherConfig  # noqa: E402
+from tests.data import GSM8K_TEST  # noqa: E402
 
 HOST = "127.0.0.1"
 MODEL = "bench-model"
-DATA = _HERE.parent.parent / "shared" / "data"
 HTTP_GOAL = 1.5
 LOCAL_GOAL = 0.9
 
@@ -246,7 +246,7 @@ def _smollm2() -> tuple[str, str]:
 
 
 def _prompts(k: int) -> list[str]:
-    rows = (DATA / "math" / "gsm8k_test.jsonl").read_text().splitlines()[:k]
+    rows = GSM8K_TEST.read_text().splitlines()[:k]
     return [json.loads(r)["question"] for r in rows]
 
 

@@ -2,7 +2,7 @@
 
     python benches/verifiers_code.py [--workers N] [--repeat R] [--out results.json]
 
-Both sides run the HumanEvalPack-Python canonical solutions (../shared/data/code/
+Both sides run the HumanEvalPack-Python canonical solutions (tests/data/
 humanevalpack_python.jsonl, 164 problems, each repeated R times) with the same number of
 workers (default 2):
 - ours: `verify_code_batch` — cgroup + bubblewrap + seccomp + unprivileged uid, two long-lived
@@ -38,8 +38,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
 
 from factory.verifiers.code import verify_code_batch  # noqa: E402
 from factory.verifiers.sandbox import SandboxConfig  # noqa: E402
+from tests.data import HUMANEVALPACK as DATA  # noqa: E402
 
-DATA = _HERE.parent.parent / "shared" / "data" / "code" / "humanevalpack_python.jsonl"
 GOAL = 3.0
 
 
@@ -111,8 +111,6 @@ def timed(batch, rows: list[dict], cfg: SandboxConfig, workers: int) -> tuple[fl
 
 
 def run(args) -> list[dict]:
-    if not DATA.exists():
-        raise SystemExit(f"benchmark data missing: {DATA}")
     base = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     rows = base * args.repeat
     cfg = SandboxConfig(timeout_s=10)

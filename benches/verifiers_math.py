@@ -6,7 +6,7 @@ documented `verify(parse(gold), parse(completion))` on the same pairs.
 Results go to benches/results/verifiers_math.json; a plain table is printed. `run(args)`
 returns the table rows, so a combined benches/verifiers.py can call it.
 
-The pairs (real data from ../shared/data):
+The pairs (real data in the repository: tests/data and factory/benchmarks):
 - GSM8K: the 5,276 labelled GPT-3 solutions (1,319 problems x 4 models), completion = the
   solution text, gold = the number after `A:` in `ground_truth`; label = `is_correct`.
 - MATH-500: 1,000 pairs from the 500 reference answers. For each problem, a completion
@@ -40,15 +40,19 @@ import sys
 import time
 from pathlib import Path
 
+# Run as a script, Python puts benches/ first on sys.path: point that entry at the repository.
 _HERE = Path(__file__).resolve().parent
-DATA = _HERE.parent.parent / "shared" / "data"
+if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
+    sys.path[0] = str(_HERE.parent)
+
+from tests.data import BENCHMARKS, LABELLED  # noqa: E402
+
 GOAL = 1.5
 STRETCH = 3.0
 
 
 def _load_gsm8k(limit: int | None) -> tuple[list[tuple[str, str]], list[bool]]:
-    path = DATA / "verifier-cases" / "gsm8k_model_solutions_labelled.jsonl"
-    rows = [json.loads(line) for line in path.open() if line.strip()]
+    rows = [json.loads(line) for line in LABELLED.open() if line.strip()]
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
     pairs, labels = [], []
     for r in rows:
@@ -65,7 +69,7 @@ def _rewrite(answer: str) -> str:
 
 
 def _load_math500(limit: int | None) -> tuple[list[tuple[str, str]], list[bool]]:
-    path = DATA / "math" / "math500.jsonl"
+    path = BENCHMARKS / "math500.jsonl"
     answers = [json.loads(line)["answer"] for line in path.open() if line.strip()]
     pairs, labels = [], []
     for i, gold in enumerate(answers):
@@ -80,7 +84,7 @@ def _load_math500(limit: int | None) -> tuple[list[tuple[str, str]], list[bool]]
 def _warmup_pairs(n: int = 60) -> list[tuple[str, str]]:
     """Pairs from OlympiadBench answers (not measured): both sides warm sympy and the LaTeX
     parser (antlr builds its tables lazily; the first few hundred parses are slower) first."""
-    path = DATA / "math" / "olympiadbench.jsonl"
+    path = BENCHMARKS / "olympiadbench.jsonl"
     answers = [str(json.loads(line)["answer"]).strip("$ ") for line in path.open() if line.strip()][:n]
     return [
         (f"The final answer is $\\boxed{{{answers[(i + k) % len(answers)]}}}$.", "\\boxed{" + a + "}")
@@ -187,8 +191,6 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="at most N pairs per data set")
     ap.add_argument("--out", type=Path, default=_HERE / "results" / "verifiers_math.json")
     args = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} not found: this benchmark reads ../shared/data beside the repository")
     rows = run(args)
     _print_table(rows)
     from importlib.metadata import version

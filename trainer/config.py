@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from storage.errors import BadInput
 
-# The real tokenizer the tests and the tiny recipes use (SmolLM2-135M-Instruct's).
-DEFAULT_TOKENIZER = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers" / "smollm2-135m")
+# The real tokenizer the tests and the tiny recipes use (SmolLM2-135M-Instruct's), shipped in the
+# package (licence: tokenizers/README.md).
+DEFAULT_TOKENIZER = str(Path(__file__).resolve().parent / "tokenizers" / "smollm2-135m")
 
 
 class Section(BaseModel):

@@ -1,6 +1,5 @@
 import gzip
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,16 +8,10 @@ import pytest
 from factory.ingest import Reject, drop_duplicates, ingest_key, iter_records, parse_assignments, read_table, write_rejects
 from factory.records import problem_id
 from storage import BadInput
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-GSM8K = DATA / "math" / "gsm8k_test.jsonl"
-HUMANEVAL = DATA / "code" / "humaneval.jsonl.gz"
-LABELLED = DATA / "verifier-cases" / "gsm8k_model_solutions_labelled.jsonl"
-
-needs_data = pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data is not beside this checkout")
+from tests.data import GSM8K_TEST as GSM8K
+from tests.data import HUMANEVAL, LABELLED
 
 
-@needs_data
 def test_gsm8k_seed_set_maps_to_problems():
     table, rejects = read_table(GSM8K, "problems", {"problem": "question", "reference_answer": "answer"})
     assert rejects == [] and table.num_rows == 1319
@@ -28,7 +21,6 @@ def test_gsm8k_seed_set_maps_to_problems():
     assert first["reference_answer"].endswith("#### 18")
 
 
-@needs_data
 def test_gzipped_humaneval_keeps_unmapped_columns_in_metadata():
     table, rejects = read_table(HUMANEVAL, "problems", {"problem": "prompt", "tests": "test"}, {"domain": "code"})
     assert rejects == [] and table.num_rows == 164
@@ -38,7 +30,6 @@ def test_gzipped_humaneval_keeps_unmapped_columns_in_metadata():
     assert "def check" in row["tests"]
 
 
-@needs_data
 def test_trace_dataset_with_dotted_paths_maps_to_samples():
     table, rejects = read_table(
         LABELLED, "samples", {"problem": "question", "completion": "175b_verification.solution"}, {"model": "gpt3-175b"}

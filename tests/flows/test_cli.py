@@ -10,10 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage import Lake
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-GSM8K = DATA / "math" / "gsm8k_test.jsonl"
-needs_data = pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data is not beside this checkout")
+from tests.data import GSM8K_TEST as GSM8K
 
 
 @pytest.fixture
@@ -126,7 +123,6 @@ def test_maintain_reports_orphans(cli, seed, tmp_path):
     assert "deleted 1 orphaned file(s)" in r.stderr and not orphan.exists()
 
 
-@needs_data
 def test_the_installed_console_script_runs(tmp_path):
     exe = shutil.which("factory") or str(Path(sys.executable).parent / "factory")
     if not Path(exe).exists():

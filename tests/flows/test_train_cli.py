@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 
-from ..trainer.conftest import needs_data, short_r1_rows, tiny_sft_config
+from ..trainer.conftest import short_r1_rows, tiny_sft_config
 
 runner = CliRunner()
 
@@ -37,7 +37,6 @@ def test_slurm_writes_an_sbatch_script_instead_of_running(tmp_path):
     assert "#SBATCH --nodes=2" in text and "-m trainer.distill" in text and os.access(out, os.X_OK)
 
 
-@needs_data
 @pytest.mark.integration
 def test_train_sft_runs_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.data import GSM8K_TRAIN as GSM8K
+from tests.data import TOKENIZER
+
 # The test machine's cores are shared: one thread per process is faster than contending ones.
 torch.set_num_threads(1)
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-TOKENIZER = DATA / "tokenizers" / "smollm2-135m"
-GSM8K = DATA / "math" / "gsm8k_train.jsonl"
-
-needs_data = pytest.mark.skipif(not (TOKENIZER / "tokenizer.json").exists() or not GSM8K.exists(), reason="../shared/data is not beside this checkout")
 
 
 def r1_rows(n: int, start: int = 0) -> list[dict]:
@@ -41,6 +38,8 @@ def r1_rows(n: int, start: int = 0) -> list[dict]:
                     "answer": f"The answer is \\boxed{{{answer.strip()}}}.",
                 }
             )
+    if len(rows) < n:  # the copy in tests/data is a prefix of the train split
+        raise ValueError(f"{GSM8K} has {len(rows)} rows from row {start}: asked for {n}")
     return rows
 
 
@@ -57,8 +56,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    if not (TOKENIZER / "tokenizer.json").exists():
-        pytest.skip("../shared/data is not beside this checkout")
     from trainer.model import load_tokenizer
 
     return load_tokenizer(TOKENIZER)

@@ -20,9 +20,7 @@ from trainer.model import build_model
 from trainer.packing import collate, step_weights
 from trainer.sft import make_sft_loss, sft_loss
 
-from .conftest import TOKENIZER, needs_data, short_r1_rows
-
-pytestmark = needs_data
+from .conftest import TOKENIZER, short_r1_rows
 
 STUDENT = {"tokenizer": str(TOKENIZER), "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "num_kv_heads": 2}
 TEACHER = {**STUDENT, "init_seed": 3}

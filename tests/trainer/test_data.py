@@ -9,9 +9,7 @@ from storage.errors import BadInput
 from trainer.config import DataConfig
 from trainer.data import IGNORE, lint_template, read_rows, tokenize_row, tokenize_rows
 
-from .conftest import needs_data, r1_rows, write_jsonl
-
-pytestmark = needs_data
+from .conftest import r1_rows, write_jsonl
 
 
 def cfg(**kw):

@@ -16,9 +16,8 @@ from trainer.metrics import read_metrics
 from trainer.model import build_model
 from trainer.packing import plan_steps
 
-from .conftest import TOKENIZER, needs_data, short_r1_rows, tiny_sft_config, write_jsonl
+from .conftest import TOKENIZER, short_r1_rows, tiny_sft_config, write_jsonl
 
-pytestmark = needs_data
 TEACHER = {"tokenizer": str(TOKENIZER), "hidden_size": 32, "intermediate_size": 64, "init_seed": 3}
 
 

@@ -11,9 +11,9 @@ import yaml
 
 from trainer.metrics import read_metrics
 
-from .conftest import needs_data, short_r1_rows, tiny_sft_config
+from .conftest import short_r1_rows, tiny_sft_config
 
-pytestmark = [needs_data, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 
 def run(argv, tmp_path):

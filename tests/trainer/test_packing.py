@@ -13,7 +13,7 @@ from trainer.model import build_model
 from trainer.packing import best_fit_decreasing, collate, plan_steps, step_weights
 from trainer.sft import forward_logits
 
-from .conftest import needs_data, r1_rows
+from .conftest import r1_rows
 
 
 def test_best_fit_decreasing_places_every_item_once_within_capacity():
@@ -35,7 +35,6 @@ def test_best_fit_picks_the_tightest_bin():
         best_fit_decreasing([11], 10)
 
 
-@needs_data
 def test_plan_is_deterministic_and_drops_only_a_partial_last_step(tokenizer):
     examples, _ = tokenize_rows(r1_rows(12), tokenizer, DataConfig(jsonl="x", max_length=512))
     a = plan_steps(examples, capacity=512, packing=True, batch_size=2, seed=3, epochs=2)
@@ -47,7 +46,6 @@ def test_plan_is_deterministic_and_drops_only_a_partial_last_step(tokenizer):
     assert len(unpacked) == 3 and sorted(i for s in unpacked for r in s for i in r) == list(range(12))
 
 
-@needs_data
 def test_collate_restarts_positions_and_shifts_labels_inside_documents(tokenizer):
     examples, _ = tokenize_rows(r1_rows(3), tokenizer, DataConfig(jsonl="x", max_length=1024))
     batch = collate([[examples[0], examples[1]], [examples[2]]], tokenizer.pad_token_id)
@@ -62,7 +60,6 @@ def test_collate_restarts_positions_and_shifts_labels_inside_documents(tokenizer
     assert set(batch.doc_ids[0].tolist()) <= {-1, 0, 1} and set(batch.doc_ids[1].tolist()) <= {-1, 2}
 
 
-@needs_data
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("weighting", ["token", "sequence"])
 def test_packed_loss_equals_unpacked_loss(tokenizer, arch, weighting):
@@ -97,7 +94,6 @@ def _single(model, ex):
     return token_nll(logits, labels).sum().item()
 
 
-@needs_data
 def test_cross_document_attention_would_change_the_loss(tokenizer):
     """Guard that the equality above is meaningful: with positions not restarting (one long
     causal sequence), the second document sees the first and its loss changes."""
@@ -111,7 +107,6 @@ def test_cross_document_attention_would_change_the_loss(tokenizer):
     assert abs(packed - leaky) > 1e-3
 
 
-@needs_data
 def test_packing_wastes_little_padding(tokenizer):
     """Micro-batches of 2 packed rows (as the loop collates them): padding < 5% of the slots,
     against > 10% for the same examples unpacked, two to a micro-batch."""

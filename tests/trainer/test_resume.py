@@ -10,9 +10,9 @@ from trainer.checkpoint import latest_checkpoint, list_checkpoints
 from trainer.config import validate
 from trainer.metrics import read_metrics
 
-from .conftest import TOKENIZER, needs_data, short_r1_rows, tiny_sft_config
+from .conftest import TOKENIZER, short_r1_rows, tiny_sft_config
 
-pytestmark = [needs_data, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 
 def curve(out):

@@ -13,9 +13,7 @@ from trainer.config import validate
 from trainer.data import IGNORE, tokenize_rows
 from trainer.metrics import read_metrics
 
-from .conftest import needs_data, short_r1_rows, tiny_sft_config
-
-pytestmark = needs_data
+from .conftest import short_r1_rows, tiny_sft_config
 
 
 def test_load_config_names_the_file_the_key_path_and_what_was_expected(tmp_path):

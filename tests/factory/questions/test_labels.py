@@ -3,7 +3,6 @@ over REAL model solutions (GPT-3 on GSM8K, four per problem), pass rates and the
 through a lake."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +18,7 @@ from factory.questions.labels import (
     write_labels,
 )
 from storage import Lake
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-LABELLED = DATA / "verifier-cases" / "gsm8k_model_solutions_labelled.jsonl"
-needs_data = pytest.mark.skipif(not LABELLED.exists(), reason="../shared/data is not beside this checkout")
+from tests.data import GSM8K_TEST, LABELLED
 MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 
@@ -70,10 +66,9 @@ def test_audit_needs_a_strong_majority():
     assert audit_gold(r"\frac{1}{\sqrt{2}}", symbolic) is False  # equal by math-verify, not by form
 
 
-@needs_data
 def test_gold_audit_finds_planted_wrong_golds_in_real_solutions():
-    seeds = list(iter_problems(parse_source({"source": "jsonl", "path": "math/gsm8k_test.jsonl", "limit": 400,
-                                             "fields": {"problem": "question", "answer": "answer"}}), base_dir=DATA))
+    seeds = list(iter_problems(parse_source({"source": "jsonl", "path": GSM8K_TEST.name, "limit": 400,
+                                             "fields": {"problem": "question", "answer": "answer"}}), base_dir=GSM8K_TEST.parent))
     by_question = {}
     with open(LABELLED, encoding="utf-8") as fh:
         for line in fh:

@@ -1,5 +1,5 @@
-"""Seed sets: each loader on the real files in ../shared/data, a HF folder built here, the source
-configs, and the bad-input exits (BadInput naming file and line)."""
+"""Seed sets: each loader on the real benchmark files the package ships, a HF folder built here,
+the source configs, and the bad-input exits (BadInput naming file and line)."""
 
 import json
 from pathlib import Path
@@ -18,9 +18,7 @@ from factory.questions import (
 from factory.questions.seeds import FieldMap, normalise_answer, read_seeds
 from factory.records import problem_id
 from storage import BadInput
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "math" / "gsm8k_test.jsonl").exists(), reason="../shared/data is not beside this checkout")
+from tests.data import BENCHMARKS as DATA  # the benchmark copies the package ships
 
 
 def load(spec: dict) -> list[dict]:
@@ -32,10 +30,9 @@ def raw(name: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-@needs_data
 def test_gsm8k_answers_are_cut_at_the_hashes():
-    rows = load({"source": "jsonl", "path": "math/gsm8k_test.jsonl", "fields": {"problem": "question", "answer": "answer"}})
-    src = raw("math/gsm8k_test.jsonl")
+    rows = load({"source": "jsonl", "path": "gsm8k_test.jsonl", "fields": {"problem": "question", "answer": "answer"}})
+    src = raw("gsm8k_test.jsonl")
     assert len(rows) == len(src) == 1319
     for row, rec in zip(rows, src):
         # Independent: the last line of the worked answer is "#### <number>".
@@ -46,11 +43,10 @@ def test_gsm8k_answers_are_cut_at_the_hashes():
     assert rows[0]["reference_answer"] == "18" and rows[0]["source"] == "gsm8k_test"
 
 
-@needs_data
 def test_math500_boxed_solution_gives_the_published_answer():
-    rows = load({"source": "jsonl", "path": "math/math500.jsonl", "answer_format": "boxed", "name": "math500",
+    rows = load({"source": "jsonl", "path": "math500.jsonl", "answer_format": "boxed", "name": "math500",
                  "fields": {"problem": "problem", "answer": "solution", "id": "unique_id", "difficulty": "level"}})
-    src = raw("math/math500.jsonl")
+    src = raw("math500.jsonl")
     assert len(rows) == 500
     # The `answer` column is MATH-500's own extraction: the boxed answer of every solution must equal it.
     assert [r["reference_answer"] for r in rows] == [rec["answer"] for rec in src]
@@ -59,34 +55,31 @@ def test_math500_boxed_solution_gives_the_published_answer():
     assert [r["difficulty"] for r in rows] == [float(rec["level"]) for rec in src]
 
 
-@needs_data
 def test_aime_sets_with_different_field_names():
-    a24 = load({"source": "jsonl", "path": "math/aime2024.jsonl", "fields": {"problem": "problem", "answer": "answer", "id": "id"}})
-    a25 = load({"source": "jsonl", "path": "math/aime2025.jsonl", "fields": {"problem": "question", "answer": "answer"}, "limit": 7})
+    a24 = load({"source": "jsonl", "path": "aime2024.jsonl", "fields": {"problem": "problem", "answer": "answer", "id": "id"}})
+    a25 = load({"source": "jsonl", "path": "aime2025.jsonl", "fields": {"problem": "question", "answer": "answer"}, "limit": 7})
     assert len(a24) == 30 and len(a25) == 7
-    assert [r["reference_answer"] for r in a24] == [str(rec["answer"]) for rec in raw("math/aime2024.jsonl")]
+    assert [r["reference_answer"] for r in a24] == [str(rec["answer"]) for rec in raw("aime2024.jsonl")]
     assert all(0 <= int(r["reference_answer"]) <= 999 for r in a24 + a25)  # AIME answers are 000..999
     assert json.loads(a24[0]["metadata"])["source_id"] == 60
 
 
-@needs_data
 def test_mbpp_tests_become_code_checks():
-    rows = load({"source": "jsonl", "path": "code/mbpp.jsonl",
+    rows = load({"source": "jsonl", "path": "mbpp.jsonl",
                  "fields": {"problem": "text", "tests": "test_list", "setup": "test_setup_code", "id": "task_id"}})
     assert len(rows) == 974
-    src = raw("code/mbpp.jsonl")
+    src = raw("mbpp.jsonl")
     for row, rec in zip(rows, src):
         tests = json.loads(row["tests"])
         assert tests["style"] == "asserts" and tests["asserts"] == rec["test_list"]
         assert row["domain"] == "code" and json.loads(row["metadata"])["verifier"] == "code"
     assert json.loads(rows[0]["metadata"])["code"] == src[0]["code"]  # unmapped columns kept
-    shown = load({"source": "jsonl", "path": "code/mbpp.jsonl", "limit": 1, "show_tests": 1,
+    shown = load({"source": "jsonl", "path": "mbpp.jsonl", "limit": 1, "show_tests": 1,
                   "fields": {"problem": "text", "tests": "test_list"}})[0]
     assert shown["problem"] == src[0]["text"] + "\nYour code should pass these tests:\n" + src[0]["test_list"][0]
     assert shown["problem_id"] == problem_id(shown["problem"]) != rows[0]["problem_id"]
 
 
-@needs_data
 def test_mbpp_reference_code_passes_through_check_sample():
     from factory.questions import check_sample
     from factory.verifiers.sandbox import SandboxConfig, SandboxUnavailable, probe
@@ -95,23 +88,22 @@ def test_mbpp_reference_code_passes_through_check_sample():
         probe(SandboxConfig())
     except SandboxUnavailable as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"no sandbox here: {exc}")
-    rows = load({"source": "jsonl", "path": "code/mbpp.jsonl", "limit": 2,
+    rows = load({"source": "jsonl", "path": "mbpp.jsonl", "limit": 2,
                  "fields": {"problem": "text", "tests": "test_list", "setup": "test_setup_code"}})
     code = json.loads(rows[0]["metadata"])["code"]
     assert check_sample(rows[0], {"completion": f"```python\n{code}\n```"}).status == "pass"
     assert check_sample(rows[0], {"completion": "```python\ndef min_cost(c, m, n):\n    return 0\n```"}).status == "fail"
 
 
-@needs_data
 def test_same_problem_from_two_sources_is_one_problem(tmp_path):
-    src = raw("math/gsm8k_test.jsonl")[:5]
+    src = raw("gsm8k_test.jsonl")[:5]
     # The same problems as CSV with other column names and extra whitespace.
     f = tmp_path / "copy.csv"
     pa_table = pa.table({"q": ["  " + r["question"].replace(" ", "  ") + "\n" for r in src], "final": [r["answer"] for r in src]})
     import pyarrow.csv as pacsv
 
     pacsv.write_csv(pa_table, f)
-    a = load({"source": "jsonl", "path": "math/gsm8k_test.jsonl", "limit": 5, "fields": {"problem": "question", "answer": "answer"}})
+    a = load({"source": "jsonl", "path": "gsm8k_test.jsonl", "limit": 5, "fields": {"problem": "question", "answer": "answer"}})
     b = list(iter_problems(parse_source({"source": "csv", "path": str(f), "fields": {"problem": "q", "answer": "final"}}), base_dir=tmp_path))
     assert [r["problem_id"] for r in a] == [r["problem_id"] for r in b]
     assert [r["reference_answer"] for r in a] == [r["reference_answer"] for r in b]

