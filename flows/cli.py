@@ -1,6 +1,6 @@
 """The `factory` command: a thin shell over the library that turns its errors into exit codes.
 
-    factory ingest ../shared/data/math/gsm8k_test.jsonl --table problems --map problem=question
+    factory ingest recipes/seeds/gsm8k_train_200.jsonl --table problems --map problem=question
     factory sql "SELECT source, count(*) FROM problems GROUP BY 1"
     factory --help
 
