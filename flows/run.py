@@ -6,14 +6,16 @@
     factory serve                                        # runs the scheduled deployments
 
 Registered on `flows.cli.app` by importing this module (flows/cli.py does). Prefect is
-imported inside the commands, so `factory --help` stays fast. Prefect's own log lines are kept
-to warnings unless --verbose: the rich progress display shows what runs.
+imported inside the commands, so `factory --help` stays fast. Prefect's own log lines go to
+PREFECT_HOME/logs/factory.log unless --verbose (flows/server.py): the rich progress display shows
+what runs, and a failure is one line that names that file. Without PREFECT_API_URL, `run` and
+`schedule` use Prefect's ephemeral server, given time to start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,15 +25,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from flows.cli import Catalog, Store, _run, app, err
-from storage import BadInput, Lake
+from flows.server import Session, connect, prefect_session
+from storage import BadInput, FactoryError, Lake, LakeBusy
 
 FLOW_NAME = "factory-run"
 
 
-def _quiet_prefect(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+@contextlib.contextmanager
+def _failures_name_the_log(session: Session):
+    """A failed job's one line names the file that holds Prefect's log of it (not with --verbose:
+    that log went to stderr). Bad input and a busy lake keep their own message and exit code."""
+    from factory.teachers import TeacherError
+
+    try:
+        yield
+    except (BadInput, LakeBusy):
+        raise
+    except (FactoryError, TeacherError) as exc:  # TeacherError: the teacher is down or refuses the recipe
+        raise FactoryError(str(exc) if session.verbose else f"{exc}; details in {session.log}") from None
 
 
 class RichProgress:
@@ -92,7 +103,6 @@ def run(
     if format not in ("table", "json"):
         err.print(f"error: --format {format!r}: expected table or json")
         raise typer.Exit(2)
-    _quiet_prefect(verbose)
 
     def job() -> None:
         from flows.pipeline import run_recipe
@@ -100,8 +110,10 @@ def run(
         from factory.recipe import load_recipe
 
         load_recipe(recipe)  # bad recipes fail here, before Prefect starts a server
-        with RichProgress(err) as display:
-            summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
+        with prefect_session(verbose) as session, _failures_name_the_log(session):
+            connect(session)  # the server starts (or fails, in one line) before the progress display
+            with RichProgress(err) as display:
+                summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
         out = Console(highlight=False, soft_wrap=True)
         if not out.is_terminal:
             out = Console(highlight=False, soft_wrap=True, width=160)  # a pipe or file: do not cut column names
@@ -180,16 +192,17 @@ def schedule(
     catalog: Catalog = None,
 ) -> None:
     """Create (or update) a Prefect deployment that runs a recipe on a cron schedule; `factory serve` runs it."""
-    _quiet_prefect(False)
 
     def job() -> None:
         from factory.recipe import load_recipe
 
         load_recipe(recipe)
-        dep = deployment_for(recipe, cron, name, store, catalog, timezone)
-        dep_id = dep.apply()
+        with prefect_session(False) as session, _failures_name_the_log(session):
+            dep = deployment_for(recipe, cron, name, store, catalog, timezone)
+            connect(session)  # without PREFECT_API_URL: the database in PREFECT_HOME, which `factory serve` reads
+            dep_id = dep.apply()
         err.print(f"deployment {FLOW_NAME}/{dep.name} ({dep_id}) runs {recipe} at '{cron}' {timezone}; "
-                  "start `factory serve` (with PREFECT_API_URL pointing at a Prefect server) to execute it")
+                  "`factory serve` runs it (restart a running one to include it)", markup=False)
 
     _run(job)
 
@@ -213,15 +226,16 @@ def scheduled_deployments() -> list:
 @app.command()
 def serve(verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False) -> None:
     """Run the scheduled recipes (every deployment made by `factory schedule`) until stopped."""
-    _quiet_prefect(verbose)
 
     def job() -> None:
         from prefect import serve as prefect_serve
 
-        deps = scheduled_deployments()
-        if not deps:
-            raise BadInput("no scheduled recipes: create one with `factory schedule RECIPE.yaml --cron ...`")
-        err.print(f"serving {len(deps)} scheduled recipe(s): {', '.join(d.name for d in deps)} (Ctrl-C stops)")
-        prefect_serve(*deps)
+        with prefect_session(verbose) as session, _failures_name_the_log(session):
+            connect(session)
+            deps = scheduled_deployments()
+            if not deps:
+                raise BadInput("no scheduled recipes: create one with `factory schedule RECIPE.yaml --cron ...`")
+            err.print(f"serving {len(deps)} scheduled recipe(s): {', '.join(d.name for d in deps)} (Ctrl-C stops)")
+            prefect_serve(*deps)
 
     _run(job)
