@@ -2,12 +2,16 @@
 
     with prefect_session(verbose=False) as session:    # Prefect's log lines go to session.log
         url = connect(session)                          # the API answers, or one-line PrefectUnavailable
+    with LocalServer(log) as server:                    # `factory serve`: a server with a scheduler
+        print(server.ui_url)
 
 Without PREFECT_API_URL, `factory run` and `factory schedule` use Prefect's ephemeral server (a
 subprocess on 127.0.0.1 over the SQLite database in PREFECT_HOME). It gets
 PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS to answer, 180 s unless the user set it (Prefect's
 20 s is too short for a first run, which creates the database, on a busy machine). The ephemeral
-server runs no services.
+server runs no services, the scheduler among them, so `factory serve` starts a whole
+`prefect server start` on 127.0.0.1 and a free port, over the same database (where `factory
+schedule` wrote the deployments), and stops it when it stops.
 
 Unless --verbose, Prefect's console log handlers write to PREFECT_HOME/logs/factory.log instead
 of stderr: the CLI prints one line per outcome, and the tracebacks Prefect logs for a failed run
@@ -16,10 +20,16 @@ stay in that file (and in the Prefect UI).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import logging.handlers
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +38,7 @@ from storage.errors import FactoryError
 
 STARTUP_TIMEOUT_S = 180
 LOG_NAME = "factory.log"
+SERVER_LOG_NAME = "factory-serve-server.log"
 
 
 class PrefectUnavailable(FactoryError):
@@ -141,3 +152,89 @@ def check_api(url: str) -> None:
         raise PrefectUnavailable(
             f"the Prefect server at PREFECT_API_URL={url} does not answer ({type(exc).__name__}: {exc}); "
             "start it, or unset PREFECT_API_URL to use a local one") from None
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """`prefect server start` on 127.0.0.1 and a free port, with its services (the scheduler
+    makes the scheduled runs), in its own session so a Ctrl-C reaches only us, and stopped
+    (its whole process group) on exit. Its output goes to `log`."""
+
+    def __init__(self, log: Path, timeout_s: float):
+        self.log = log
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.ui_url}/api"
+
+    def __enter__(self) -> "LocalServer":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        import httpx
+
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        # The UI reads its API address from these, so they name the port too, not only --port.
+        env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(self.port),
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        atexit.register(self.stop)  # whatever way this process ends, the server does not outlive it
+        deadline = time.monotonic() + self.timeout_s
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise PrefectUnavailable(f"`prefect server start` on {self.ui_url} exited with code "
+                                             f"{self.process.returncode}; its output is in {self.log}")
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.25)
+        raise PrefectUnavailable(
+            f"`prefect server start` on {self.ui_url} did not answer within {self.timeout_s:g} s (its output is in "
+            f"{self.log}); set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or run a server yourself "
+            "and set PREFECT_API_URL")
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after 15 s; waits for it to exit. If
+        this is interrupted (a second signal), the atexit hook still runs it again."""
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # the leader, if stuck, and anything it left in its group
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self.process = None
+        atexit.unregister(self.stop)

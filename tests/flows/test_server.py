@@ -1,5 +1,6 @@
 """The Prefect API behind the CLI (flows/server.py): `factory run` gets a generous startup time
-and fails in one line when Prefect cannot start, and Prefect's tracebacks stay in its log file.
+and fails in one line when Prefect cannot start, Prefect's tracebacks stay in its log file, and
+`factory schedule` + `factory serve` run a recipe on its cron with no Prefect server configured.
 
 The commands run as subprocesses, as a user runs them, in a fresh PREFECT_HOME without any
 PREFECT_* variable of this machine, so the embedded default is what is tested; the teacher is
@@ -7,12 +8,16 @@ the scripted server of tests/teacher_server.py.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
+import pytest
 
+from storage import Lake, LakeBusy
 from tests.flows.test_pipeline import write_recipe
 from tests.teacher_server import Normal, Status, TeacherServer
 
@@ -43,6 +48,14 @@ def processes_of(home: Path) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_startup_timeout_defaults_to_180_s_and_a_users_setting_wins():
@@ -111,3 +124,64 @@ def test_failed_runs_print_one_line_and_keep_prefects_traceback_in_its_log(prefe
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("failed: teacher 'test-model': no endpoint is reachable") and last.endswith(f"details in {log}")
+
+
+def finished_runs(store: Path) -> int:
+    if not (store / "catalog.ducklake").exists():  # the first run creates the lake
+        return 0
+    try:
+        with Lake.open(str(store), create=False) as lake:
+            return lake.query("SELECT count(DISTINCT run_id) AS n FROM runs WHERE status = 'finished'").column("n")[0].as_py()
+    except LakeBusy:
+        return 0
+
+
+@pytest.mark.integration
+def test_schedule_then_serve_runs_the_recipe_every_minute_on_the_embedded_default(tmp_path):
+    """`factory schedule --cron "* * * * *"` then `factory serve`, with no Prefect server
+    configured: at least two runs finish, the Prefect UI that serve names lists them, and
+    SIGTERM stops it in one line, exit 0, with no process left behind."""
+    home = tmp_path / "home"
+    env = user_env(home)
+    store = tmp_path / "store"
+    with TeacherServer(models=["test-model"]) as teacher:
+        recipe = write_recipe(tmp_path, teacher.url, contaminated=False, n=2, name="minutely")
+        r = factory("schedule", str(recipe), "--cron", "* * * * *", "--name", "minutely", "--store", str(store), env=env)
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr and "factory-run/minutely" in r.stderr
+        assert processes_of(home) == []  # schedule's ephemeral server is gone
+
+        err_path = tmp_path / "serve.err"
+        with open(err_path, "w") as err:
+            serve = subprocess.Popen([*FACTORY, "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 240
+            while "serving" not in err_path.read_text() and serve.poll() is None and time.monotonic() < deadline:
+                time.sleep(1)
+            first = err_path.read_text()
+            assert first.startswith("serving 1 scheduled recipe(s): minutely; runs in the Prefect UI at http://127.0.0.1:"), first
+            ui = first.split("Prefect UI at ")[1].split()[0]
+            deadline = time.monotonic() + 200  # runs start on the minute: two of them within ~3 minutes
+            while finished_runs(store) < 2 and serve.poll() is None and time.monotonic() < deadline:
+                time.sleep(3)
+            assert finished_runs(store) >= 2, err_path.read_text()
+            assert teacher.completion_requests(), "the runs did not reach the teacher"
+            # The UI named on the first line is served, and its API holds the runs.
+            assert httpx.get(ui, timeout=30).status_code == 200
+            runs = httpx.post(f"{ui}/api/flow_runs/filter", timeout=30,
+                              json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).json()
+            assert len(runs) >= 2 and {run["deployment_id"] for run in runs} != {None}
+
+            serve.send_signal(signal.SIGTERM)
+            rc = serve.wait(timeout=90)
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+            leftover = processes_of(home)
+            kill_all(leftover)
+    out = err_path.read_text()
+    assert rc == 0, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1] == "stopped", out
+    assert leftover == [], "processes outlived factory serve"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(ui, timeout=5)  # the server it owned is gone
