@@ -6,16 +6,21 @@
     factory serve                                        # runs the scheduled deployments
 
 Registered on `flows.cli.app` by importing this module (flows/cli.py does). Prefect is
-imported inside the commands, so `factory --help` stays fast. Prefect's own log lines are kept
-to warnings unless --verbose: the rich progress display shows what runs.
+imported inside the commands, so `factory --help` stays fast. Prefect's own log lines go to
+PREFECT_HOME/logs/factory.log unless --verbose (flows/server.py): the rich progress display shows
+what runs, and a failure is one line that names that file. Without PREFECT_API_URL, `run` and
+`schedule` use Prefect's ephemeral server and `serve` starts a whole Prefect server (it has the
+scheduler) on 127.0.0.1, over the same database in PREFECT_HOME, and stops it when it stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -23,15 +28,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from flows.cli import Catalog, Store, _run, app, err
-from storage import BadInput, Lake
+from flows.server import SERVER_LOG_NAME, LocalServer, Session, check_api, connect, prefect_session
+from storage import BadInput, FactoryError, Lake, LakeBusy
 
 FLOW_NAME = "factory-run"
 
 
-def _quiet_prefect(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+@contextlib.contextmanager
+def _failures_name_the_log(session: Session):
+    """A failed job's one line names the file that holds Prefect's log of it (not with --verbose:
+    that log went to stderr). Bad input and a busy lake keep their own message and exit code."""
+    from factory.teachers import TeacherError
+
+    try:
+        yield
+    except (BadInput, LakeBusy):
+        raise
+    except (FactoryError, TeacherError) as exc:  # TeacherError: the teacher is down or refuses the recipe
+        raise FactoryError(str(exc) if session.verbose else f"{exc}; details in {session.log}") from None
 
 
 class RichProgress:
@@ -92,7 +106,6 @@ def run(
     if format not in ("table", "json"):
         err.print(f"error: --format {format!r}: expected table or json")
         raise typer.Exit(2)
-    _quiet_prefect(verbose)
 
     def job() -> None:
         from flows.pipeline import run_recipe
@@ -100,8 +113,10 @@ def run(
         from factory.recipe import load_recipe
 
         load_recipe(recipe)  # bad recipes fail here, before Prefect starts a server
-        with RichProgress(err) as display:
-            summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
+        with prefect_session(verbose) as session, _failures_name_the_log(session):
+            connect(session)  # the server starts (or fails, in one line) before the progress display
+            with RichProgress(err) as display:
+                summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
         out = Console(highlight=False, soft_wrap=True)
         if not out.is_terminal:
             out = Console(highlight=False, soft_wrap=True, width=160)  # a pipe or file: do not cut column names
@@ -180,16 +195,17 @@ def schedule(
     catalog: Catalog = None,
 ) -> None:
     """Create (or update) a Prefect deployment that runs a recipe on a cron schedule; `factory serve` runs it."""
-    _quiet_prefect(False)
 
     def job() -> None:
         from factory.recipe import load_recipe
 
         load_recipe(recipe)
-        dep = deployment_for(recipe, cron, name, store, catalog, timezone)
-        dep_id = dep.apply()
+        with prefect_session(False) as session, _failures_name_the_log(session):
+            dep = deployment_for(recipe, cron, name, store, catalog, timezone)
+            connect(session)  # without PREFECT_API_URL: the database in PREFECT_HOME, which `factory serve` reads
+            dep_id = dep.apply()
         err.print(f"deployment {FLOW_NAME}/{dep.name} ({dep_id}) runs {recipe} at '{cron}' {timezone}; "
-                  "start `factory serve` (with PREFECT_API_URL pointing at a Prefect server) to execute it")
+                  "`factory serve` runs it (restart a running one to include it)", markup=False)
 
     _run(job)
 
@@ -210,18 +226,70 @@ def scheduled_deployments() -> list:
     return out
 
 
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so the server we own is stopped either
+    way (while deployments are served, Prefect's runner handles SIGTERM itself, gracefully)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @app.command()
 def serve(verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False) -> None:
-    """Run the scheduled recipes (every deployment made by `factory schedule`) until stopped."""
-    _quiet_prefect(verbose)
+    """Run the scheduled recipes (every deployment made by `factory schedule`) until stopped.
+
+    Without PREFECT_API_URL it starts a Prefect server on 127.0.0.1 (its UI shows the runs), over
+    the database `factory schedule` wrote to, and stops it on Ctrl-C or SIGTERM.
+    """
 
     def job() -> None:
         from prefect import serve as prefect_serve
+        from prefect.settings import get_current_settings, temporary_settings
 
-        deps = scheduled_deployments()
-        if not deps:
-            raise BadInput("no scheduled recipes: create one with `factory schedule RECIPE.yaml --cron ...`")
-        err.print(f"serving {len(deps)} scheduled recipe(s): {', '.join(d.name for d in deps)} (Ctrl-C stops)")
-        prefect_serve(*deps)
+        try:
+            with _sigterm_stops(), prefect_session(verbose) as session, _failures_name_the_log(session):
+                settings = get_current_settings()
+                own = None if settings.api.url else LocalServer(session.log.with_name(SERVER_LOG_NAME),
+                                                                 settings.server.ephemeral.startup_timeout_seconds)
+                with own or contextlib.nullcontext():
+                    if own is None:
+                        check_api(settings.api.url)
+                    api, ui = (own.api_url, own.ui_url) if own else (settings.api.url, settings.ui_url)
+                    # Flow runs are subprocesses of Prefect's runner: they get the API URL from the
+                    # settings, and keep their log lines for the API (the UI) unless --verbose.
+                    quiet = {} if verbose else {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
+                    with temporary_settings(updates={"api.url": api}), _environ(**quiet):
+                        deps = scheduled_deployments()
+                        if not deps:
+                            raise BadInput("no scheduled recipes: create one with `factory schedule RECIPE.yaml --cron ...`")
+                        err.print(f"serving {len(deps)} scheduled recipe(s): {', '.join(d.name for d in deps)}; "
+                                  f"runs in the Prefect UI at {ui} (Ctrl-C stops)", markup=False)
+                        prefect_serve(*deps, print_starting_message=False)
+        except KeyboardInterrupt:
+            pass
+        except SystemExit as exc:  # Prefect's runner exits 0 on a SIGTERM that comes while it stops
+            if exc.code not in (0, None):
+                raise
+        err.print("stopped", markup=False)
 
     _run(job)
