@@ -108,6 +108,7 @@ def run(
         raise typer.Exit(2)
 
     def job() -> None:
+        from flows.next_steps import print_next_steps
         from flows.pipeline import run_recipe
 
         from factory.recipe import load_recipe
@@ -133,7 +134,7 @@ def run(
         if summary.get("budget_reached"):
             out.print("budget reached: some requests were not sent (raise the budget and run again to continue)")
         if ds:
-            out.print(f"dataset {ds['name']} v{ds['version']}: {ds['rows']} rows" + ("" if ds.get("new") else " (unchanged)"))
+            print_next_steps(out, summary, store, catalog)
 
     _run(job)
 

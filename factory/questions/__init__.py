@@ -14,7 +14,7 @@ e.g. `questions[2].fields.questoin: unknown field`). The three kinds, told apart
 - seed sets: `{source: jsonl|parquet|csv|hf, path, fields: {problem, answer, tests, id,
   metadata, difficulty, setup, entry_point}, limit, name, answer_format: auto|gsm8k|boxed|plain,
   domain, verifier, split (hf), on_bad_row: fail|skip, show_tests: N (code)}` -> seeds.py;
-- generators: `{source: generator, generator: arithmetic|linear|countdown|sorting, count,
+- generators: `{source: generator, generator: addition|arithmetic|linear|countdown|sorting, count,
   difficulty: 1..5, seed}` -> generators.py;
 - teacher-written: `{source: teacher_written, from: <index or name of another source>, count,
   modes: [harder, new_context, combine], ...}` -> writer.py; the flow supplies the teacher and
@@ -84,7 +84,7 @@ class GeneratorSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Literal["generator"]
-    generator: Literal["arithmetic", "linear", "countdown", "sorting"]
+    generator: Literal["addition", "arithmetic", "linear", "countdown", "sorting"]
     count: int = Field(..., ge=1)
     difficulty: int = Field(2, ge=1, le=5)
     seed: int = 0

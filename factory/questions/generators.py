@@ -4,10 +4,15 @@
     rows = list(generate("countdown", count=100, difficulty=3, seed=7))   # `problems` rows
     v = check_countdown("... Answer: (25 - 5) * 4 + 3", numbers=[25, 5, 4, 3], target=83)
 
-Four generators, each reproducible from (generator, difficulty, seed, index): item i draws from
+Five generators, each reproducible from (generator, difficulty, seed, index): item i draws from
 its own `random.Random` seeded by that tuple, so item 17 is the same whether 20 or 2000 are made,
 and changing `seed` gives an independent set. `difficulty` (1..5) is the knob:
 
+- addition: "What is 3 + 4?": two whole numbers to add, one digit each at difficulty 1 (the
+  81 pairs of 1..9, in an order drawn from `seed`, so the first 81 items are all different),
+  then larger: 10..99 + 1..9, two two-digit numbers, three-digit + two-or-three-digit,
+  four-digit + three-or-four-digit. Small enough for SmolLM2-135M at difficulty 1 (the
+  quickstart). Answer: an integer. Checker: the math verifier.
 - arithmetic: a multi-step word problem (a person's stock of things changes step by step:
   buys, gives away, packs into boxes, shares equally); 1 + difficulty steps, larger numbers
   with difficulty; every intermediate value is a non-negative integer, divisions are exact.
@@ -36,6 +41,7 @@ countdown answers written in words ("twenty-five times four").
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import random
 import re
@@ -46,7 +52,7 @@ from ..records import problem_id
 from ..verifiers.base import Verdict
 from ..verifiers.math import extract_answer, verify_math
 
-GENERATORS = ("arithmetic", "linear", "countdown", "sorting")
+GENERATORS = ("addition", "arithmetic", "linear", "countdown", "sorting")
 CHECK_VERSION = "1"
 
 
@@ -68,6 +74,34 @@ def _row(name: str, problem: str, answer: str, difficulty: int, seed: int, index
         "metadata": json.dumps(meta, sort_keys=True),
         "contamination": [],
     }
+
+
+# -- addition ---------------------------------------------------------------------------------
+
+# The operand ranges per difficulty (first, second).
+_ADDENDS = {1: ((1, 9), (1, 9)), 2: ((10, 99), (1, 9)), 3: ((10, 99), (10, 99)),
+            4: ((100, 999), (10, 999)), 5: ((1000, 9999), (100, 9999))}
+
+
+@functools.lru_cache(maxsize=8)
+def _one_digit_pairs(seed: int) -> list[tuple[int, int]]:
+    # Only 81 pairs: drawn without replacement (one shuffle per seed), so a small set has no
+    # repeated problem; item i is still the same whatever `count` is.
+    (lo_a, hi_a), (lo_b, hi_b) = _ADDENDS[1]
+    pairs = [(a, b) for a in range(lo_a, hi_a + 1) for b in range(lo_b, hi_b + 1)]
+    random.Random(f"addition:1:{seed}").shuffle(pairs)
+    return pairs
+
+
+def _addition(difficulty: int, seed: int, index: int) -> tuple[str, int, dict]:
+    (lo_a, hi_a), (lo_b, hi_b) = _ADDENDS[difficulty]
+    if difficulty == 1:
+        pairs = _one_digit_pairs(seed)
+        a, b = pairs[index % len(pairs)]
+    else:
+        rng = _rng("addition", difficulty, seed, index)
+        a, b = rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)
+    return f"What is {a} + {b}?", a + b, {"addends": [a, b]}
 
 
 # -- arithmetic word problems -----------------------------------------------------------------
@@ -237,7 +271,10 @@ def generate(name: str, *, count: int, difficulty: int = 2, seed: int = 0, start
         raise ValueError(f"count {count!r}: expected a non-negative integer")
     for i in range(start, start + count):
         rng = _rng(name, difficulty, seed, i)
-        if name == "arithmetic":
+        if name == "addition":
+            problem, value, extra = _addition(difficulty, seed, i)
+            yield _row(name, problem, str(value), difficulty, seed, i, "math", "math", **extra)
+        elif name == "arithmetic":
             problem, value, steps = _arithmetic(rng, difficulty)
             yield _row(name, problem, str(value), difficulty, seed, i, "math", "math", steps=steps)
         elif name == "linear":

@@ -25,6 +25,29 @@ def meta(row):
     return json.loads(row["metadata"])
 
 
+# -- addition: parse the two numbers and add them --------------------------------------------
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
+def test_addition_sums_and_sizes(difficulty):
+    # digits of (a, b): the knob makes both longer
+    digits = {1: ((1, 1), (1, 1)), 2: ((2, 2), (1, 1)), 3: ((2, 2), (2, 2)), 4: ((3, 3), (2, 3)), 5: ((4, 4), (3, 4))}[difficulty]
+    for r in generate("addition", count=N, difficulty=difficulty, seed=9):
+        a, b = map(int, re.fullmatch(r"What is (\d+) \+ (\d+)\?", r["problem"]).groups())
+        assert int(r["reference_answer"]) == a + b and meta(r)["verifier"] == "math"
+        assert digits[0][0] <= len(str(a)) <= digits[0][1] and digits[1][0] <= len(str(b)) <= digits[1][1] and a * b > 0
+        assert check_sample(r, {"completion": f"{a} plus {b} is {a + b}, so the answer is {a + b}."}).status == "pass"
+        assert check_sample(r, {"completion": f"{a} + {b} = {a + b}"}).status != "pass"  # no answer stated
+
+
+def test_one_digit_additions_do_not_repeat_until_all_81_are_used():
+    rows = list(generate("addition", count=81, difficulty=1, seed=3))
+    assert len({r["problem"] for r in rows}) == 81
+    assert rows[:5] != list(generate("addition", count=5, difficulty=1, seed=4))  # the seed picks the order
+    assert list(generate("addition", count=3, difficulty=1, seed=3, start=81)) == [
+        {**a, "metadata": a["metadata"].replace('"index": %d' % i, '"index": %d' % (i + 81))} for i, a in enumerate(rows[:3])
+    ]
+
+
 # -- arithmetic: replay the story sentence by sentence --------------------------------------
 
 def replay_story(text: str) -> int:
@@ -175,7 +198,7 @@ def test_reproducible_by_seed(name):
 
 
 def test_bad_generator_arguments():
-    with pytest.raises(ValueError, match="expected one of arithmetic"):
+    with pytest.raises(ValueError, match="expected one of addition, arithmetic"):
         list(generate("sudoku", count=1))
     with pytest.raises(ValueError, match="difficulty 6: expected an integer from 1 to 5"):
         list(generate("linear", count=1, difficulty=6))

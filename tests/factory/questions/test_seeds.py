@@ -239,7 +239,7 @@ def test_source_configs_are_told_apart_by_source():
 @pytest.mark.parametrize("spec, message", [
     ({"source": "jsonl", "path": "a.jsonl", "fields": {"problem": "q", "anwser": "a"}}, r"questions\[0\]\.fields\.anwser: unknown key"),
     ({"source": "jsonl", "path": "a.jsonl", "limt": 3}, r"questions\[0\]\.limt: unknown key"),
-    ({"source": "generator", "generator": "sudoku", "count": 3}, r"questions\[0\]\.generator: Input should be 'arithmetic'"),
+    ({"source": "generator", "generator": "sudoku", "count": 3}, r"questions\[0\]\.generator: Input should be 'addition', 'arithmetic'"),
     ({"source": "generator", "generator": "linear", "count": 3, "difficulty": 9}, r"questions\[0\]\.difficulty: Input should be less than or equal to 5"),
     ({"source": "teacher_written", "count": 3}, r"questions\[0\]\.from: Field required"),
     ({"source": "webcrawl", "path": "x"}, r"questions\[0\]: source 'webcrawl': expected one of jsonl, parquet"),
