@@ -557,6 +557,8 @@ class Lake:
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise BadInput(f"dataset name {name!r}: expected letters, digits, '-', '_' or '.'")
         _check_user_sql(sql)
+        with self._lock:
+            self.connection()  # a lake opened to be created exists before the read engine looks
         with self._confined(memory_limit) as con:
             snapshot = int(con.execute(f"SELECT id FROM {_ALIAS}.current_snapshot()").fetchone()[0])
             pinned = pin_to_snapshot(con, sql, snapshot, self._table_names(con))
