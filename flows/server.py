@@ -68,7 +68,19 @@ def prefect_session(verbose: bool) -> Iterator[Session]:
                 yield session
             finally:
                 if session.ephemeral is not None:  # stopped now, while its log line goes to the file
+                    _drain_api_logs()
                     session.ephemeral.stop()
+
+
+def _drain_api_logs() -> None:
+    """Send the flow's queued log lines to the server before it stops: after, Prefect's log
+    worker fails to reach it and writes '--- Error logging to API ---' on stderr."""
+    try:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5, at_exit=False)
+    except Exception:  # a log line lost is not worth a failed command
+        logging.getLogger(__name__).debug("draining Prefect's API log worker failed", exc_info=True)
 
 
 def _console_handlers() -> Iterator[tuple[logging.Logger, logging.Handler]]:

@@ -40,11 +40,13 @@ prompt-prefix sharing between the samples of a group (vLLM's prefix caching does
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
 import threading
 import time
+import unittest.mock
 
 from storage.errors import MissingDependency
 
@@ -179,9 +181,18 @@ class LocalTeacher(BatchedTeacher):
             dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
             bars = transformers.utils.logging.is_progress_bar_enabled()
             transformers.utils.logging.disable_progress_bar()  # GGUF conversion bars: noise in a CLI
+            quiet = contextlib.ExitStack()
+            try:  # the GGUF converter calls tqdm.auto directly, past the switch above
+                import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+                if hasattr(gguf_utils, "tqdm"):
+                    quiet.enter_context(unittest.mock.patch.object(gguf_utils, "tqdm", lambda it, *a, **k: it))
+            except ImportError:
+                pass
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{dtype_kw: dtype})
+                with quiet:
+                    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                    model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{dtype_kw: dtype})
             except Exception as exc:  # noqa: BLE001 - every load failure is a config problem to report
                 hint = "" if os.path.isdir(self.folder) else " (not a folder, nor in the local Hugging Face cache; nothing is downloaded)"
                 raise TeacherConfigError(

@@ -113,6 +113,9 @@ def run_readme_quickstart(folder: Path) -> dict:
             cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             out = {"stdout": done.stdout, "wall_s": time.perf_counter() - t0,
                    "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime}
+        # A new user's console: no Prefect noise from after the run, no model-loading bars.
+        for noise in ("Traceback", "Error logging to API", "de-quantizing GGUF"):
+            assert noise not in done.stderr, f"{shlex.join(command)}: {noise!r} on stderr:\n{done.stderr[-2000:]}"
     return out
 
 
