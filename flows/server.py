@@ -72,13 +72,46 @@ def prefect_session(verbose: bool) -> Iterator[Session]:
                     session.ephemeral.stop()
 
 
-def _drain_api_logs() -> None:
-    """Send the flow's queued log lines to the server before it stops: after, Prefect's log
-    worker fails to reach it and writes '--- Error logging to API ---' on stderr."""
+def _children(exclude: int) -> list[int]:
+    """Pids of this process's children other than `exclude` (read from /proc)."""
+    me, out = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        try:
+            stat_text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat_text.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def _wait_for_children(exclude: int, timeout_s: float) -> None:
+    """Give flow-run subprocesses that Prefect's runner is stopping time to end (and to send
+    their last log lines) before the server they talk to goes away."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _children(exclude):
+        time.sleep(0.2)
+
+
+def _drain_api_logs(detach: bool = False) -> None:
+    """Send the queued log lines to the server before it stops: after, Prefect's log worker
+    fails to reach it and writes '--- Error logging to API ---' on stderr. `detach` also takes
+    Prefect's API log handlers off every logger, for a server that is going away for good (a
+    line logged after that, during shutdown, would otherwise be queued for a dead server)."""
     try:
-        from prefect.logging.handlers import APILogWorker
+        from prefect.logging.handlers import APILogHandler, APILogWorker
 
         APILogWorker.drain_all(timeout=5, at_exit=False)
+        if detach:
+            loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
+                                               if isinstance(lg, logging.Logger)]
+            for logger in loggers:
+                for handler in list(logger.handlers):
+                    if isinstance(handler, APILogHandler):
+                        logger.removeHandler(handler)
     except Exception:  # a log line lost is not worth a failed command
         logging.getLogger(__name__).debug("draining Prefect's API log worker failed", exc_info=True)
 
@@ -239,6 +272,8 @@ class LocalServer:
         process = self.process
         if process is None:
             return
+        _wait_for_children(exclude=process.pid, timeout_s=15)  # flow runs still sending their logs
+        _drain_api_logs(detach=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
