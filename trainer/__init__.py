@@ -1,4 +1,4 @@
-"""SFT, distillation and GRPO over datasets read from the lake (see ../shared/DESIGN.md).
+"""SFT, distillation and GRPO over datasets read from the lake (the README's "Training and evaluating a student").
 
     torchrun --nproc-per-node 8 -m trainer.sft recipes/train/sft.yaml
     factory train distill recipes/train/distill.yaml --nproc-per-node 8

@@ -5,9 +5,10 @@
     BENCHMARKS["math500"].prompt(items[0])   # the eval prompt for one item
 
 Decontamination (`factory.decontaminate`) and eval read the same files, so a problem that
-is flagged as contaminated is exactly the text the student is scored on. The data files are
-copies of ../shared/data (unchanged), read through importlib.resources: no network, and they
-work from a wheel as long as pyproject ships them as package data. Licences: README.md here.
+is flagged as contaminated is exactly the text the student is scored on. The data files ship
+in this package folder (public data, unchanged), read through importlib.resources: no network,
+and they work from a wheel as long as pyproject ships them as package data. Sources and
+licences: README.md here.
 
 Every item is normalised to `id` (str, unique within its benchmark: the upstream id where
 there is one, else the 0-based line number), `problem` (the text the model is shown), and
@@ -44,8 +45,8 @@ MBPP_PROMPT = (
 class Benchmark:
     name: str
     file: str  # in this package folder
-    rows: int  # as ../shared/data/README.md gives it; load() checks it
-    licence: str  # as ../shared/data/README.md gives it
+    rows: int  # as this folder's README.md gives it; load() checks it
+    licence: str  # as this folder's README.md gives it
     source: str
     domain: str  # "math" | "code"
     problem_fields: tuple[str, ...]  # first present, non-empty field is the problem text
