@@ -31,8 +31,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # This script is named like the package it measures, and Python puts the script's folder first
 # on sys.path: point that entry at the repository instead, so `import storage` finds the lake.
@@ -217,7 +217,7 @@ def timed(fn: Callable[[], object]) -> float:
 def measure_commits(lake: Lake, peer_dir: Path, rows: int, codec: str, level: int | None) -> dict:
     """Commit every batch to the lake and write it with pyarrow, timing each side."""
     vocabulary = make_vocabulary()
-    created_at = dt.datetime.now(dt.timezone.utc)
+    created_at = dt.datetime.now(dt.UTC)
     lake_s = peer_s = 0.0
     text_bytes = needles = 0
     for index, start in enumerate(range(0, rows, CHUNK_ROWS)):
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "problems": problems,
         "versions": {"duckdb": duckdb.__version__, "pyarrow": pa.__version__, "python": sys.version.split()[0]},
         "cpus": os.cpu_count(),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "verifiers.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    import verifiers_code  # noqa: E402 - the sibling benchmark scripts
-    import verifiers_math  # noqa: E402
+    import verifiers_code
+    import verifiers_math
 
     rows = verifiers_math.run(args) + verifiers_code.run(args)
     cols = ("measure", "ours", "peer", "ratio", "goal", "met")

@@ -31,8 +31,9 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,7 +102,7 @@ class TeacherSpec(_Strict):
     gguf_file: str | None = None
 
     @model_validator(mode="after")
-    def _needs_url(self) -> "TeacherSpec":
+    def _needs_url(self) -> TeacherSpec:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
         return self
@@ -230,7 +231,7 @@ class Recipe(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _filter_config(self) -> "Recipe":
+    def _filter_config(self) -> Recipe:
         self.filter_config_model()  # thresholds a FilterConfig refuses fail at load, not mid-run
         return self
 

@@ -17,8 +17,9 @@ import datetime as dt
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import pyarrow as pa
 import typer
@@ -41,11 +42,11 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Store = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--store", metavar="URI", help="Lake data location: a directory or s3://bucket/prefix [env FACTORY_STORE; default ./factory-store]."),
 ]
 Catalog = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--catalog", metavar="CATALOG", help="Lake catalog: a .ducklake file, sqlite:PATH or postgresql://... [env FACTORY_CATALOG; default <store>/catalog.ducklake]."),
 ]
 
@@ -74,10 +75,10 @@ def ingest(
     table: Annotated[str, typer.Option("--table", metavar="problems|samples", help="Target table: problems or samples.")],
     map_: Annotated[list[str], typer.Option("--map", metavar="FIELD=COLUMN", help="FIELD=COLUMN: fill a table field from an input column (dotted paths reach into objects). Repeatable.")] = [],
     set_: Annotated[list[str], typer.Option("--set", metavar="FIELD=VALUE", help="FIELD=VALUE: the same value for every row, e.g. model=deepseek-r1. Repeatable.")] = [],
-    source: Annotated[Optional[str], typer.Option(metavar="NAME", help="Source name for problems [default: the file name].")] = None,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", metavar="ID", help="Run id stored on every row [default: ingest-<time>].")] = None,
+    source: Annotated[str | None, typer.Option(metavar="NAME", help="Source name for problems [default: the file name].")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", metavar="ID", help="Run id stored on every row [default: ingest-<time>].")] = None,
     skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Commit the good rows and write the bad ones to a rejects file, instead of committing nothing.")] = False,
-    rejects: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Where bad rows go with --skip-bad-rows [default: INPUT.rejects.jsonl].")] = None,
+    rejects: Annotated[Path | None, typer.Option(metavar="PATH", help="Where bad rows go with --skip-bad-rows [default: INPUT.rejects.jsonl].")] = None,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
@@ -105,7 +106,7 @@ def ingest(
             ingest_mod.write_rejects(bad, out)
             err.print(f"{len(bad)} bad row(s) skipped, written to {out}", markup=False)
         key = ingest_mod.ingest_key(input, table, mapping, constants, source)
-        run = run_id or "ingest-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        run = run_id or "ingest-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         id_column = ingest_mod.ID_COLUMN[table]
         with Lake.open(store, catalog) as lake, err.status(f"committing {data.num_rows} row(s) to {table}"):
             known = lake.existing(table, id_column, set(data.column(id_column).to_pylist()))
@@ -131,7 +132,7 @@ FORMATS = ("table", "csv", "json", "jsonl", "parquet")
 def sql(
     query: Annotated[str, typer.Argument(metavar="SQL", help="One SELECT over the lake's tables.")],
     format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="table, csv, json (an array), jsonl or parquet.")] = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", metavar="PATH", help="Write to this file instead of stdout (required for parquet).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", metavar="PATH", help="Write to this file instead of stdout (required for parquet).")] = None,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time limit in seconds.")] = 60.0,
     memory_limit: Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit of the query, e.g. 2GB.")] = "2GB",
     max_rows: Annotated[int, typer.Option("--max-rows", metavar="N", help="Rows shown by --format table.")] = 50,
@@ -281,7 +282,7 @@ def tables(store: Store = None, catalog: Catalog = None) -> None:
 def snapshot(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name (letters, digits, '-', '_', '.').")],
     query: Annotated[str, typer.Argument(metavar="SQL", help="The SELECT that defines the dataset: the same confined, read-only SQL as `factory sql`.")],
-    description: Annotated[Optional[str], typer.Option(metavar="TEXT", help="A note stored with the version.")] = None,
+    description: Annotated[str | None, typer.Option(metavar="TEXT", help="A note stored with the version.")] = None,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time limit for checking and counting the SELECT.")] = 60.0,
     memory_limit: Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit of the SELECT, e.g. 2GB.")] = "2GB",
     store: Store = None,
@@ -360,8 +361,8 @@ def _write_stream(reader: pa.RecordBatchReader, format: str, output: Path) -> in
 def verify(
     input: Annotated[Path, typer.Argument(metavar="INPUT", help="JSON lines: id, completion, and reference_answer (math, choice, exact), pattern (regex) or tests (code).")],
     verifier: Annotated[str, typer.Option("--verifier", metavar="NAME", help="math, code, choice, exact or regex.")],
-    output: Annotated[Optional[Path], typer.Option("--output", metavar="PATH", help="Write the verdicts here (JSON lines) instead of stdout.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="Time limit per check (math: 5, code: 10 per program).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", metavar="PATH", help="Write the verdicts here (JSON lines) instead of stdout.")] = None,
+    timeout: Annotated[float | None, typer.Option(metavar="SECONDS", help="Time limit per check (math: 5, code: 10 per program).")] = None,
 ) -> None:
     """Check given completions with a verifier; one verdict per input row, in input order."""
 
@@ -463,7 +464,7 @@ def decontaminate(
     benchmarks: Annotated[str, typer.Option("--benchmarks", metavar="LIST", help="Comma-separated registry names (math500, aime2024, ...), or all.")] = "all",
     kind: Annotated[str, typer.Option(metavar="KIND", help="problem, or response (the reasoning and the answer are checked apart).")] = "problem",
     ngram: Annotated[int, typer.Option(metavar="N", help="Words per n-gram for the overlap check (at least 2).")] = 13,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="S", help="Least share of a benchmark item's n-grams matched to count as a hit.")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", metavar="S", help="Least share of a benchmark item's n-grams matched to count as a hit.")] = None,
 ) -> None:
     """Flag rows that overlap the shipped benchmarks (n-gram overlap and MinHash similarity)."""
 
@@ -528,10 +529,10 @@ def maintain(
 
 # Commands that live in their own modules register themselves on `app` when imported; they
 # import their heavy libraries (torch, Prefect) inside the command body, so `--help` stays fast.
-from flows import run as _run_commands  # noqa: E402,F401  factory run / runs / schedule / serve
-from flows import train as _train_commands  # noqa: E402,F401  factory train sft|distill|grpo
-from flows import evaluate as _eval_commands  # noqa: E402,F401  factory eval
-from flows import report as _report_commands  # noqa: E402,F401  factory report
+from flows import run as _run_commands  # noqa: E402,F401,I001  factory run / runs / schedule / serve
+from flows import train as _train_commands  # noqa: E402,F401,I001  factory train sft|distill|grpo
+from flows import evaluate as _eval_commands  # noqa: E402,F401,I001  factory eval
+from flows import report as _report_commands  # noqa: E402,F401,I001  factory report
 
 
 def render_help() -> str:

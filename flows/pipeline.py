@@ -35,23 +35,24 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls home
 
-import pyarrow as pa  # noqa: E402
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.utilities.annotations import quote  # noqa: E402
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
-from factory import stages  # noqa: E402
-from factory.dedup import dedup_lake  # noqa: E402
-from factory.recipe import Recipe, load_recipe, recipe_hash  # noqa: E402
-from factory.sampler import Budget, SamplingStats, sample_teacher  # noqa: E402
-from factory.teachers import RequestGroup, make_teacher  # noqa: E402
-from storage import Lake, LakeBusy, schemas  # noqa: E402
-from storage.errors import FactoryError  # noqa: E402
+from factory import stages
+from factory.dedup import dedup_lake
+from factory.recipe import Recipe, load_recipe, recipe_hash
+from factory.sampler import Budget, SamplingStats, sample_teacher
+from factory.teachers import RequestGroup, make_teacher
+from storage import Lake, LakeBusy, schemas
+from storage.errors import FactoryError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def questions(recipe: Recipe, base_dir: Path, limit: int | None) -> list[dict]:
 
 
 @task(name="questions-written", cache_policy=NO_CACHE)
-def written(lake: Lake, loop: "_Loop", teacher, source, seeds: list[dict], run_id: str, known: list[dict]) -> list[dict]:
+def written(lake: Lake, loop: _Loop, teacher, source, seeds: list[dict], run_id: str, known: list[dict]) -> list[dict]:
     """Problems the teacher writes from seed rows (kept only when its own samples agree)."""
     from factory.questions import write_questions
 
@@ -312,7 +313,7 @@ def _run_id(lake: Lake, recipe: Recipe, rhash: str) -> str:
         "ORDER BY max(created_at) DESC LIMIT 1", [rhash]).to_pylist()
     if rows and rows[0]["status"] in ("started", "incomplete", "failed"):
         return rows[0]["run_id"]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{recipe.name}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
@@ -330,7 +331,7 @@ def _record_run(lake: Lake, run_id: str, recipe_text: str, rhash: str, status: s
     row = {
         "run_id": run_id, "recipe": recipe_text, "recipe_hash": rhash, "code_version": _code_version(),
         "status": status, "started_at": started,
-        "finished_at": dt.datetime.now(dt.timezone.utc) if status != "started" else None,
+        "finished_at": dt.datetime.now(dt.UTC) if status != "started" else None,
         "counts": json.dumps(counts, sort_keys=True) if counts is not None else None,
         "cost_usd": (counts or {}).get("cost_usd"),
     }
@@ -429,7 +430,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
     rhash = recipe_hash(recipe)
     lake = _open_lake(store, catalog)
     run_id = _run_id(lake, recipe, rhash)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     seconds: dict[str, float] = {}
     _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "started", started)
     if "code" in recipe.verify:

@@ -19,8 +19,9 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -98,7 +99,7 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML (see recipes/ and docs/recipes.md).")],
     store: Store = None,
     catalog: Catalog = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most N problems (a trial run).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N problems (a trial run).")] = None,
     format: Annotated[str, typer.Option("--format", help="Summary on stdout: table or json.")] = "table",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
@@ -108,10 +109,9 @@ def run(
         raise typer.Exit(2)
 
     def job() -> None:
+        from factory.recipe import load_recipe
         from flows.next_steps import print_next_steps
         from flows.pipeline import run_recipe
-
-        from factory.recipe import load_recipe
 
         load_recipe(recipe)  # bad recipes fail here, before Prefect starts a server
         with prefect_session(verbose) as session, _failures_name_the_log(session):
@@ -190,7 +190,7 @@ def deployment_for(recipe: Path, cron: str, name: str | None, store: str | None,
 def schedule(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML to run on the schedule.")],
     cron: Annotated[str, typer.Option("--cron", help='When to run, e.g. "0 3 * * *" (03:00 every day).')],
-    name: Annotated[Optional[str], typer.Option("--name", help="Deployment name [default: the recipe file's stem].")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Deployment name [default: the recipe file's stem].")] = None,
     timezone: Annotated[str, typer.Option("--timezone", help="Timezone of the cron expression.")] = "UTC",
     store: Store = None,
     catalog: Catalog = None,

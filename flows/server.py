@@ -30,9 +30,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from storage.errors import FactoryError
 
@@ -224,7 +225,7 @@ class LocalServer:
     def api_url(self) -> str:
         return f"{self.ui_url}/api"
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         try:
             self.start()
         except BaseException:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,11 +29,11 @@ def train(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="The recipe's YAML config (its header comment is the launch command).")],
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", metavar="N", help="Processes (GPUs) per node; more than 1 runs torchrun with FSDP2.")] = 1,
     nnodes: Annotated[int, typer.Option("--nnodes", metavar="M", help="Nodes; more than 1 needs --rdzv-endpoint or --slurm.")] = 1,
-    rdzv_endpoint: Annotated[Optional[str], typer.Option("--rdzv-endpoint", metavar="HOST:PORT", help="Rendezvous of a multi-node run (run the same command on every node).")] = None,
-    slurm: Annotated[Optional[Path], typer.Option("--slurm", metavar="OUT.sh", help="Write an sbatch script for this launch instead of running it.")] = None,
-    partition: Annotated[Optional[str], typer.Option("--partition", metavar="NAME", help="Slurm partition (with --slurm).")] = None,
-    time_limit: Annotated[Optional[str], typer.Option("--time", metavar="HH:MM:SS", help="Slurm time limit (with --slurm).")] = None,
-    stop_after_steps: Annotated[Optional[int], typer.Option("--stop-after-steps", metavar="N", help="Stop and checkpoint after N steps (a preemption drill; resume by running again).")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", metavar="HOST:PORT", help="Rendezvous of a multi-node run (run the same command on every node).")] = None,
+    slurm: Annotated[Path | None, typer.Option("--slurm", metavar="OUT.sh", help="Write an sbatch script for this launch instead of running it.")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", metavar="NAME", help="Slurm partition (with --slurm).")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", metavar="HH:MM:SS", help="Slurm time limit (with --slurm).")] = None,
+    stop_after_steps: Annotated[int | None, typer.Option("--stop-after-steps", metavar="N", help="Stop and checkpoint after N steps (a preemption drill; resume by running again).")] = None,
 ) -> None:
     """Train a student: SFT, distillation or GRPO from a YAML config, on one process or torchrun."""
 

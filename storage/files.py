@@ -21,8 +21,8 @@ import contextlib
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import BadInput, FactoryError
 

@@ -32,9 +32,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -69,7 +70,7 @@ class DatasetVersion:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -131,7 +132,7 @@ class Lake:
     @classmethod
     def open(
         cls, store: str | None = None, catalog: str | None = None, *, create: bool = True, **settings: Any
-    ) -> "Lake":
+    ) -> Lake:
         """Open the lake at `store` (see `LakeConfig` for the forms), creating it unless
         `create=False`, in which case a missing lake is a `BadInput`. The catalog is attached
         lazily, at the first call that needs it."""
@@ -141,7 +142,7 @@ class Lake:
             raise BadInput(f"no lake at {cfg.describe()}: the catalog file does not exist (ingest something first, or check --store/--catalog)")
         return lake
 
-    def __enter__(self) -> "Lake":
+    def __enter__(self) -> Lake:
         return self
 
     def __exit__(self, *exc: object) -> None:

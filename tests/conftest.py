@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="factory-prefect-h
 
 # `tests.services` must import however pytest is started (`pytest` or `python -m pytest`).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import services  # noqa: E402
+from tests import services
 
 
 @pytest.fixture(scope="session")

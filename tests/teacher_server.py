@@ -44,9 +44,10 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -160,7 +161,7 @@ class TeacherServer:
         log_path: str | Path | None = None,
         port: int = 0,
         api_key: str | None = None,
-        parts: "Callable[[str, Any, int], tuple[str, str]] | None" = None,
+        parts: Callable[[str, Any, int], tuple[str, str]] | None = None,
     ):
         if reasoning not in ("think", "reasoning_content", "reasoning"):
             raise ValueError(f"reasoning={reasoning!r}: expected 'think', 'reasoning_content' or 'reasoning'")
@@ -175,7 +176,7 @@ class TeacherServer:
         self.max_in_flight = 0
         self._queue: deque = deque()
         self._lock = threading.Lock()
-        self._log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
+        self._log_file = open(log_path, "a", encoding="utf-8") if log_path else None
         self._port = port
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,7 +217,7 @@ class TeacherServer:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> "TeacherServer":
+    def start(self) -> TeacherServer:
         self._thread = threading.Thread(target=self._serve, name="teacher-server", daemon=True)
         self._thread.start()
         if not self._started.wait(10):
@@ -234,7 +235,7 @@ class TeacherServer:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "TeacherServer":
+    def __enter__(self) -> TeacherServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -245,7 +246,7 @@ class TeacherServer:
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:
             self._error = exc
             self._started.set()
         finally:

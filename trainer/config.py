@@ -15,7 +15,7 @@ Not covered: config inheritance between files and command-line overrides (edit t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,8 +45,8 @@ class ModelConfig(Section):
     """The model: a local Hugging Face folder (`path`), or a random-weight Llama/Qwen2 built from
     the sizes below (tests, benchmarks, smoke runs; nothing is downloaded)."""
 
-    path: Optional[str] = None  # a local folder with config.json + weights; wins over the sizes below
-    tokenizer: Optional[str] = None  # folder with tokenizer.json (+ chat_template.jinja) [default: path, else SmolLM2's]
+    path: str | None = None  # a local folder with config.json + weights; wins over the sizes below
+    tokenizer: str | None = None  # folder with tokenizer.json (+ chat_template.jinja) [default: path, else SmolLM2's]
     arch: Literal["llama", "qwen2"] = "llama"
     hidden_size: int = 64
     num_layers: int = 2
@@ -58,7 +58,7 @@ class ModelConfig(Section):
     init_seed: int = 0  # random weights are a function of this seed only
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights in memory; FSDP keeps fp32 masters and computes in bf16 on GPU
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    lora: Optional[LoraConfig] = None
+    lora: LoraConfig | None = None
 
     def tokenizer_path(self) -> str:
         return self.tokenizer or self.path or DEFAULT_TOKENIZER
@@ -69,13 +69,13 @@ class DataConfig(Section):
     a lake dataset (`dataset`, optional `version`), a SELECT over the lake (`sql`), or a JSONL
     file of the same rows (`jsonl`; runs without a lake)."""
 
-    dataset: Optional[str] = None
-    version: Optional[int] = None
-    sql: Optional[str] = None
-    jsonl: Optional[str] = None
-    store: Optional[str] = None  # lake location [env FACTORY_STORE; default ./factory-store]
-    catalog: Optional[str] = None
-    limit: Optional[int] = None  # at most this many rows (smoke runs)
+    dataset: str | None = None
+    version: int | None = None
+    sql: str | None = None
+    jsonl: str | None = None
+    store: str | None = None  # lake location [env FACTORY_STORE; default ./factory-store]
+    catalog: str | None = None
+    limit: int | None = None  # at most this many rows (smoke runs)
     max_length: int = 2048  # tokens per packed row (and per example)
     truncation: Literal["drop", "right"] = "drop"  # drop: skip longer examples (counted); right: cut the end (the end-of-turn token is lost)
     packing: bool = True  # best-fit-decreasing packing with per-document positions; off: one example per row, padded
@@ -84,7 +84,7 @@ class DataConfig(Section):
     shuffle: bool = True
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
+    def _one_source(self) -> DataConfig:
         given = [k for k in ("dataset", "sql", "jsonl") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"expected exactly one of dataset, sql, jsonl; got {given or 'none'}")
@@ -103,7 +103,7 @@ class OptimConfig(Section):
     warmup_steps: int = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.1  # the schedule's floor, as a fraction of lr
-    max_grad_norm: Optional[float] = 1.0  # None: no clipping (the norm is still logged)
+    max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
 
 
 class LoopConfig(Section):
@@ -112,7 +112,7 @@ class LoopConfig(Section):
     (micro_batch_size * world size)."""
 
     epochs: int = 1
-    max_steps: Optional[int] = None  # stop here (and size the schedule by it) [default: epochs worth]
+    max_steps: int | None = None  # stop here (and size the schedule by it) [default: epochs worth]
     batch_size: int = 8
     micro_batch_size: int = 1
     seed: int = 0  # data order and sampling
@@ -129,8 +129,8 @@ class CheckpointConfig(Section):
     every_steps: int = 0  # 0: only at the end
     resume: bool = True  # continue from the newest complete checkpoint in output_dir (or the store)
     keep_last: int = 2
-    store: Optional[str] = None
-    prefix: Optional[str] = None  # artifact key prefix [default: checkpoints/<output_dir name>]
+    store: str | None = None
+    prefix: str | None = None  # artifact key prefix [default: checkpoints/<output_dir name>]
     export_hf: bool = True  # write <output_dir>/hf (transformers/vLLM loadable) at the end
 
 
@@ -140,8 +140,8 @@ class DistributedConfig(Section):
 
     strategy: Literal["auto", "fsdp", "none"] = "auto"
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    activation_checkpointing: Optional[bool] = None  # None: on for CUDA
-    backend: Optional[Literal["gloo", "nccl"]] = None  # None: nccl on CUDA, gloo on CPU
+    activation_checkpointing: bool | None = None  # None: on for CUDA
+    backend: Literal["gloo", "nccl"] | None = None  # None: nccl on CUDA, gloo on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     timeout_s: float = Field(1800.0, gt=0)  # a collective (all-gather, all-reduce, barrier) waiting longer fails instead of hanging
 

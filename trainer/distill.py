@@ -37,7 +37,7 @@ import logging
 import random
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from pydantic import model_validator
@@ -69,7 +69,7 @@ class KDConfig(Section):
     topk_renormalize: bool = True  # sparse: renormalise the teacher's top-k to sum to one
 
     @model_validator(mode="after")
-    def _ranges(self) -> "KDConfig":
+    def _ranges(self) -> KDConfig:
         for name in ("beta", "ce_weight", "on_policy_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -85,11 +85,11 @@ class Config(SFTConfig):
     """A distillation run: the SFT sections plus the teacher and the KD settings."""
 
     output_dir: str = "runs/distill"
-    teacher: Optional[ModelConfig] = None
+    teacher: ModelConfig | None = None
     kd: KDConfig = KDConfig()
 
     @model_validator(mode="after")
-    def _teacher_needed(self) -> "Config":
+    def _teacher_needed(self) -> Config:
         if self.kd.mode == "logits" and self.teacher is None:
             raise ValueError("kd.mode logits needs a teacher: section (a local HF folder or tiny sizes)")
         return self
@@ -254,7 +254,7 @@ def make_kd_loss(config: Config, teacher, tokenizer, env: DistEnv):
     return loss
 
 
-def train(config: Config, *, stop_after_steps: Optional[int] = None) -> dict[str, Any]:
+def train(config: Config, *, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Run distillation to the end (or `stop_after_steps`); return the final metrics."""
     env = init_distributed(config.distributed)
     tokenizer, examples, stats = prepare(config, env)

@@ -62,13 +62,16 @@ import queue
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from factory.benchmarks import BENCHMARKS, Benchmark, get as get_benchmark, load as load_benchmark
+from factory.benchmarks import BENCHMARKS, Benchmark
+from factory.benchmarks import get as get_benchmark
+from factory.benchmarks import load as load_benchmark
 from factory.records import content_hash
 from factory.teachers import Endpoint, RequestGroup, Sampling, TeacherConfig, TeacherError, make_teacher
 from factory.teachers.base import TeacherConfigError
@@ -662,7 +665,7 @@ class _Committer:
             self.wake.clear()
             try:
                 await self.flush()
-            except Exception as exc:  # noqa: BLE001 - kept for the caller, which stops sampling
+            except Exception as exc:
                 self.error = exc
                 return
             if self.closing and not self.rows:

@@ -82,7 +82,7 @@ class Batch:
     def padding_waste(self) -> float:
         return 1.0 - self.n_tokens / max(self.n_slots, 1)
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         for name in ("input_ids", "labels", "position_ids", "doc_ids"):
             setattr(self, name, getattr(self, name).to(device, non_blocking=True))
         return self

@@ -95,7 +95,7 @@ def run_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as exc:
             box["error"] = exc
 
     t = threading.Thread(target=target, name=f"sync:{what}", daemon=True)

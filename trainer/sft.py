@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -155,7 +155,7 @@ def prepare(config: Any, env) -> tuple[Any, list[Example], Any]:
     return tokenizer, examples, stats
 
 
-def train(config: Config, *, stop_after_steps: Optional[int] = None) -> dict[str, Any]:
+def train(config: Config, *, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Run SFT to the end (or `stop_after_steps`, checkpointing first: a preemption drill);
     return the final metrics."""
     env = init_distributed(config.distributed)

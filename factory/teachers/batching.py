@@ -13,8 +13,9 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from .base import Completion, RequestGroup, TeacherConfigError, TeacherError
 
@@ -31,7 +32,7 @@ class _Prompt:
 class BatchedTeacher:
     """check/generate/aclose for a backend that encodes prompts and batches rows itself."""
 
-    _batcher: "MicroBatcher"
+    _batcher: MicroBatcher
 
     async def check(self, longest_prompt: list[dict] | None = None, max_tokens: int | None = None) -> None:
         """Load the model (TeacherConfigError naming the teacher if it cannot be), then refuse
@@ -171,7 +172,7 @@ class MicroBatcher:
             self._inflight = rows
             try:
                 completions = await asyncio.to_thread(self.run_batch, rows)
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+            except Exception as exc:
                 for row in rows:
                     if row.waiter.live:
                         row.waiter.fail(exc)

@@ -193,7 +193,7 @@ class LocalTeacher(BatchedTeacher):
                 with quiet:
                     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
                     model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{dtype_kw: dtype})
-            except Exception as exc:  # noqa: BLE001 - every load failure is a config problem to report
+            except Exception as exc:
                 hint = "" if os.path.isdir(self.folder) else " (not a folder, nor in the local Hugging Face cache; nothing is downloaded)"
                 raise TeacherConfigError(
                     f"teacher {self.config.name!r}: cannot load model {self.config.model!r}{hint}: {type(exc).__name__}: {exc}"
@@ -244,7 +244,7 @@ class LocalTeacher(BatchedTeacher):
     def _encode(self, messages) -> list[int]:
         try:
             text = self._tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
+        except Exception as exc:
             raise TeacherError(f"teacher {self.config.name!r}: the chat template rejected the messages: {exc}", retryable=False) from exc
         # The template already holds the special tokens (BOS, role markers): add none.
         return self._tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -283,7 +283,7 @@ class LocalTeacher(BatchedTeacher):
                     logits_processor=[sampler],
                     stopping_criteria=[stopper] if stopper else None,
                 )
-        except Exception as exc:  # noqa: BLE001 - reported to the callers of this batch
+        except Exception as exc:
             oom = "OutOfMemoryError" in type(exc).__name__ or "out of memory" in str(exc).lower()
             raise TeacherError(
                 f"teacher {self.config.name!r}: generation failed on {self.device}: {type(exc).__name__}: {exc}",

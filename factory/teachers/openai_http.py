@@ -65,9 +65,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from storage.errors import require
 
@@ -239,7 +240,7 @@ class OpenAITeacher:
             return
         await session.close()
 
-    async def __aenter__(self) -> "OpenAITeacher":
+    async def __aenter__(self) -> OpenAITeacher:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -339,7 +340,7 @@ class OpenAITeacher:
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), timeout=max(0.0, min(ready_at, give_up_at) - now))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _succeeded(self, ep: _EndpointState) -> None:
@@ -518,7 +519,7 @@ class OpenAITeacher:
             raise
         except aiohttp.SocketTimeoutError:  # must come before the general timeout below
             raise _AttemptFailed(f"stream stalled: no bytes for {self.config.stall_timeout_s:g}s", retryable=True) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _AttemptFailed(f"no complete answer within the request deadline ({remaining:.1f}s left)", retryable=True) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _AttemptFailed(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
@@ -683,7 +684,7 @@ class OpenAITeacher:
             async with session.get(ep.url + "/models", headers=self._headers(ep)) as resp:
                 status = resp.status
                 raw = await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False, f"no answer within {self.check_timeout_s:g}s"
         except (aiohttp.ClientError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc}"
@@ -780,5 +781,5 @@ def _parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

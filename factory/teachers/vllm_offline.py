@@ -122,7 +122,7 @@ class VLLMTeacher(BatchedTeacher):
                 kwargs["max_model_len"] = self.config.context_window
             try:
                 llm = vllm.LLM(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - unknown model, no GPU, not enough memory...
+            except Exception as exc:
                 raise TeacherConfigError(
                     f"teacher {self.config.name!r}: vLLM cannot load {self.config.model!r}: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -142,7 +142,7 @@ class VLLMTeacher(BatchedTeacher):
     def _encode(self, messages) -> list[int]:
         try:
             text = self._tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
+        except Exception as exc:
             raise TeacherError(f"teacher {self.config.name!r}: the chat template rejected the messages: {exc}", retryable=False) from exc
         return self._tokenizer.encode(text, add_special_tokens=False)  # the template holds the special tokens
 
@@ -178,7 +178,7 @@ class VLLMTeacher(BatchedTeacher):
         started = time.perf_counter()
         try:
             outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        except Exception as exc:  # noqa: BLE001 - reported to the callers of this batch
+        except Exception as exc:
             oom = "OutOfMemoryError" in type(exc).__name__ or "out of memory" in str(exc).lower()
             raise TeacherError(f"teacher {self.config.name!r}: vLLM generate failed: {type(exc).__name__}: {exc}",
                                retryable=oom) from exc

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
 
 from .base import Verdict
 from .workers import ScriptWorker, SharedPool, default_size

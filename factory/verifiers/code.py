@@ -56,8 +56,8 @@ import logging
 import queue
 import re
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
 
 from .base import Verdict
 from .sandbox import Sandbox, SandboxConfig, SandboxResult, SandboxUnavailable

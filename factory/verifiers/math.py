@@ -66,14 +66,13 @@ import multiprocessing
 import os
 import re
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable
 
 from .base import Verdict
 from .workers import SharedPool, WorkerPool, default_size
-
 
 CHECK = "math"
 DEFAULT_TIMEOUT_S = 5.0
@@ -470,7 +469,7 @@ def _prepare_gold(text: str, raw: bool) -> MathGold:
     return MathGold(text=text, candidates=cands, number=fast_number(text), need_math=not raw)
 
 
-def prepare_gold(gold: "str | int | float | MathGold", *, raw: bool = False) -> MathGold:
+def prepare_gold(gold: str | int | float | MathGold, *, raw: bool = False) -> MathGold:
     """Prepare a reference answer once per problem (cached; cheap to call again).
 
     `raw=True` hands the gold to math-verify exactly as given (its test-suite semantics); by
@@ -690,7 +689,7 @@ def _gold_key(gold: MathGold, opts: MathOptions) -> tuple:
     return (gold.candidates, gold.need_math, opts.match_types)
 
 
-def _same_form_verdict(job: "_Job", opts: MathOptions) -> Verdict | None:
+def _same_form_verdict(job: _Job, opts: MathOptions) -> Verdict | None:
     if job.gold is None or job.answer is None or set(opts.match_types) != {"latex", "expr"}:
         return None
     if not _gold_parsed.get(_gold_key(job.gold, opts)):
@@ -764,7 +763,7 @@ def _run_slow(job: _Job, opts: MathOptions, timeout_s: float, sleep_s: float = 0
 
 def verify_math(
     completion: str,
-    gold: "str | int | float | MathGold",
+    gold: str | int | float | MathGold,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     options: MathOptions = DEFAULT_OPTIONS,
@@ -785,7 +784,7 @@ def verify_math(
 
 def verify_answer(
     pred: str,
-    gold: "str | int | float | MathGold",
+    gold: str | int | float | MathGold,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     options: MathOptions = DEFAULT_OPTIONS,
@@ -800,7 +799,7 @@ def verify_answer(
 
 
 def verify_math_batch(
-    pairs: Iterable[tuple[str, "str | int | float | MathGold"]],
+    pairs: Iterable[tuple[str, str | int | float | MathGold]],
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     options: MathOptions = DEFAULT_OPTIONS,

@@ -476,7 +476,7 @@ class Cgroup:
         self.dirs = dirs
 
     @classmethod
-    def create(cls, config: SandboxConfig, name: str) -> "Cgroup":
+    def create(cls, config: SandboxConfig, name: str) -> Cgroup:
         mounts = _mounts()
         errors = []
         if config.cgroup in ("auto", "v2"):
@@ -500,7 +500,7 @@ class Cgroup:
         raise SandboxUnavailable("cgroup", "; ".join(errors) or "no cgroup hierarchy found")
 
     @classmethod
-    def _create_v2(cls, root: Path, config: SandboxConfig, name: str) -> "Cgroup":
+    def _create_v2(cls, root: Path, config: SandboxConfig, name: str) -> Cgroup:
         avail = set((root / "cgroup.controllers").read_text().split())
         if not {"memory", "pids"} <= avail:
             raise OSError(f"memory/pids controllers not available (have {sorted(avail)})")
@@ -530,7 +530,7 @@ class Cgroup:
         return cg
 
     @classmethod
-    def _create_v1(cls, mem: Path, pids: Path, config: SandboxConfig, name: str) -> "Cgroup":
+    def _create_v1(cls, mem: Path, pids: Path, config: SandboxConfig, name: str) -> Cgroup:
         dm = mem / config.cgroup_parent / name
         dp = pids / config.cgroup_parent / name
         cls.sweep(dm.parent)
@@ -855,7 +855,7 @@ class Sandbox:
         self._lock = threading.Lock()
         _all_boxes.add(self)
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1036,7 +1036,7 @@ class Sandbox:
 
 
 _local = threading.local()
-_all_boxes: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+_all_boxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 
 
 @atexit.register

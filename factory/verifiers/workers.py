@@ -29,8 +29,9 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Callable, Protocol
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ class SharedPool:
         self._pool = None
 
 
-_SHARED: "weakref.WeakSet[SharedPool]" = weakref.WeakSet()
+_SHARED: weakref.WeakSet[SharedPool] = weakref.WeakSet()
 
 
 def _shutdown_all() -> None:

@@ -9,7 +9,6 @@ import pytest
 from factory import decontaminate as dc
 from factory.benchmarks import load
 from storage.errors import BadInput
-
 from tests.data import GSM8K_TRAIN
 
 

@@ -25,7 +25,7 @@ def test_schema_version_is_recorded(tmp_path):
 
 
 def test_conform_fills_defaults_and_nulls():
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     t = schemas.conform("problems", pa.table({"problem_id": ["a"], "problem": ["1+1"]}), {"run_id": "r", "created_at": now})
     assert t.schema == schemas.PROBLEMS
     row = t.to_pylist()[0]
@@ -34,11 +34,11 @@ def test_conform_fills_defaults_and_nulls():
 
 def test_conform_names_the_missing_required_column():
     with pytest.raises(BadInput, match="required column 'problem'"):
-        schemas.conform("problems", pa.table({"problem_id": ["a"]}), {"run_id": "r", "created_at": dt.datetime.now(dt.timezone.utc)})
+        schemas.conform("problems", pa.table({"problem_id": ["a"]}), {"run_id": "r", "created_at": dt.datetime.now(dt.UTC)})
 
 
 def test_conform_refuses_unknown_columns_and_bad_types():
-    base = {"run_id": "r", "created_at": dt.datetime.now(dt.timezone.utc)}
+    base = {"run_id": "r", "created_at": dt.datetime.now(dt.UTC)}
     with pytest.raises(BadInput, match=r"no column\(s\) \['problme'\]"):
         schemas.conform("problems", pa.table({"problem_id": ["a"], "problme": ["x"]}), base)
     with pytest.raises(BadInput, match="column 'difficulty'"):
@@ -46,7 +46,7 @@ def test_conform_refuses_unknown_columns_and_bad_types():
 
 
 def test_conform_refuses_nulls_in_required_columns():
-    base = {"run_id": "r", "created_at": dt.datetime.now(dt.timezone.utc)}
+    base = {"run_id": "r", "created_at": dt.datetime.now(dt.UTC)}
     with pytest.raises(BadInput, match="null value"):
         schemas.conform("problems", pa.table({"problem_id": ["a", None], "problem": ["x", "y"]}), base)
 

@@ -98,7 +98,7 @@ def test_rows_stream_from_jsonl_and_from_a_lake_dataset(tmp_path, tokenizer):
     from storage import Lake
 
     store = tmp_path / "lake"
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     samples = [dict(r, run_id="t", problem_id=f"p{i}", created_at=now) for i, r in enumerate(rows)]
     with Lake.open(str(store)) as lake:
         lake.commit("samples", samples, batch_key="trainer-test", run_id="t")

@@ -19,6 +19,7 @@ from factory.questions.labels import (
 )
 from storage import Lake
 from tests.data import GSM8K_TEST, LABELLED
+
 MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 

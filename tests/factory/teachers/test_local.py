@@ -7,8 +7,7 @@ import importlib.util
 
 import pytest
 
-from factory.teachers import RequestGroup, Sampling, TeacherConfig, make_teacher
-from factory.teachers import local
+from factory.teachers import RequestGroup, Sampling, TeacherConfig, local, make_teacher
 from factory.teachers.base import TeacherConfigError
 from factory.teachers.local import LocalTeacher
 from storage.errors import MissingDependency

@@ -12,7 +12,6 @@ import pytest
 
 from factory.verifiers.code import extract_code, verify_code, verify_code_batch
 from factory.verifiers.sandbox import Sandbox, SandboxConfig
-
 from tests.data import CODE_FILES
 
 from .sandboxes import needs_sandbox as sandbox_mark

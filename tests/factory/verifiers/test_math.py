@@ -24,7 +24,6 @@ from factory.verifiers.math import (
     why_not_a_number,
     worker_pids,
 )
-
 from tests.data import VERIFIER_CASES as CASES
 
 
