@@ -293,9 +293,11 @@ def main() -> None:
         p = results[peer]
         ratio = ours["mb_per_s"] / p["mb_per_s"]
         rows.append((f"MB/s per core vs {peer}", ours["mb_per_s"], p["mb_per_s"], ratio, f">= {goal:g}x", ratio >= goal))
-        rows.append((f"recall vs {peer}", ours["recall"], p["recall"], ours["recall"] - p["recall"], ">= 0.95, >= peer", ours["recall"] >= max(0.95, p["recall"] - 0.01)))
+        rows.append((f"recall vs {peer}", ours["recall"], p["recall"], ours["recall"] - p["recall"], ">= 0.95, >= peer",
+                     ours["recall"] >= max(0.95, p["recall"] - 0.01)))
         rows.append((f"precision vs {peer}", ours["precision"], p["precision"], ours["precision"] - p["precision"], ">= 0.95", ours["precision"] >= 0.95))
-        rows.append((f"MB per 100k docs vs {peer}", ours["bytes_per_doc"] * 1e5 / 1e6, p["bytes_per_doc"] * 1e5 / 1e6, ours["bytes_per_doc"] / max(1, p["bytes_per_doc"]), "-", True))
+        rows.append((f"MB per 100k docs vs {peer}", ours["bytes_per_doc"] * 1e5 / 1e6, p["bytes_per_doc"] * 1e5 / 1e6,
+                     ours["bytes_per_doc"] / max(1, p["bytes_per_doc"]), "-", True))
     if "rensa" in results:
         r = results["ours-numpy"]["mb_per_s"] / results["rensa"]["mb_per_s"]
         rows.append(("  numpy path (no numba) vs rensa", results["ours-numpy"]["mb_per_s"], results["rensa"]["mb_per_s"], r, "(info)", True))

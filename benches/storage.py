@@ -227,10 +227,10 @@ def measure_commits(lake: Lake, peer_dir: Path, rows: int, codec: str, level: in
         text_bytes += sum(pc.sum(pc.binary_length(chunk[c])).as_py() for c in ("reasoning", "completion"))
         needles += pc.sum(pc.match_substring(chunk["reasoning"], NEEDLE)).as_py()
 
-        def commit() -> None:
+        def commit(chunk: pa.Table = chunk, index: int = index) -> None:
             lake.commit("samples", chunk, batch_key=f"bench:samples:{index}", run_id=RUN_ID)
 
-        def write() -> None:
+        def write(conformed: pa.Table = conformed, index: int = index) -> None:
             pq.write_table(conformed, peer_dir / f"part-{index:05d}.parquet", compression=codec, compression_level=level)
 
         # Alternate which side goes first, so neither always meets the other's dirty pages.

@@ -73,7 +73,8 @@ def check_language(sample: dict, cfg: FilterConfig) -> Verdict:
         return Verdict.unverifiable("filter:language", "too few letters to tell the language")
     share = (latin if cfg.language == "en" else cjk) / letters
     if share < cfg.min_language_share:
-        return Verdict.failed("filter:language", reason=f"{share:.0%} of letters in the {cfg.language} script (< {cfg.min_language_share:.0%}): mixed languages")
+        return Verdict.failed("filter:language",
+                              reason=f"{share:.0%} of letters in the {cfg.language} script (< {cfg.min_language_share:.0%}): mixed languages")
     return Verdict.passed("filter:language", reason=f"{share:.0%} {cfg.language}")
 
 

@@ -204,7 +204,8 @@ class Lake:
             if not cfg.is_s3 and not read_only:
                 Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # e.g. --store names a file: the user's input, not a failed job
-            raise BadInput(f"cannot create the lake at {cfg.describe()}: {exc.filename}: {exc.strerror}; expected a folder (or a path that does not exist yet)") from None
+            raise BadInput(f"cannot create the lake at {cfg.describe()}: {exc.filename}: {exc.strerror}; "
+                           "expected a folder (or a path that does not exist yet)") from None
         options = [f"DATA_PATH '{cfg.data_path}'"]
         if read_only:
             options.append("READ_ONLY")

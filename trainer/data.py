@@ -155,12 +155,14 @@ def encode(tokenizer, prompt_text: str, full_text: str, where: str) -> tuple[lis
     try:
         prompt_len = starts.index(boundary) if boundary < len(full_text) else len(ids)
     except ValueError:
-        raise BadInput(f"{where}: chat template lint: no token starts where the assistant turn starts (char {boundary}); the prompt and the answer merge into one token") from None
+        raise BadInput(f"{where}: chat template lint: no token starts where the assistant turn starts (char {boundary}); "
+                       "the prompt and the answer merge into one token") from None
     eos = tokenizer.eos_token_id
     ends = [i for i in range(prompt_len, len(ids)) if ids[i] == eos]
     labels = [IGNORE] * len(ids)
     if not ends:
-        raise BadInput(f"{where}: chat template lint: the end-of-turn token {tokenizer.eos_token!r} is not in the assistant turn, so the model would never learn to stop")
+        raise BadInput(f"{where}: chat template lint: the end-of-turn token {tokenizer.eos_token!r} is not in the assistant turn, "
+                       "so the model would never learn to stop")
     end = ends[0]
     labels[prompt_len : end + 1] = ids[prompt_len : end + 1]
     return ids, labels, prompt_len
@@ -191,7 +193,8 @@ def tokenize_row(row: dict, tokenizer, cfg: DataConfig, index: int, stats: DataS
         if cfg.empty_reasoning == "skip":
             stats.skipped_empty_reasoning += 1
             return None
-        raise BadInput(f"{where}: empty <think> block would be supervised (teach the model to skip reasoning); filter the dataset or set data.empty_reasoning: skip")
+        raise BadInput(f"{where}: empty <think> block would be supervised (teach the model to skip reasoning); "
+                       "filter the dataset or set data.empty_reasoning: skip")
     ids, labels, prompt_len = encode(tokenizer, *render(tokenizer, prompt, target), where=where)
     # Tokens after the end-of-turn token (the template's trailing newline) are not trained on.
     last = max(i for i, t in enumerate(labels) if t != IGNORE)

@@ -88,5 +88,5 @@ def test_the_shipped_files_are_unchanged_copies():
 def test_the_package_readme_has_a_licence_line_per_file():
     readme = resources.files("factory.benchmarks").joinpath("README.md").read_text()
     for b in BENCHMARKS.values():
-        line = next(l for l in readme.splitlines() if l.startswith(f"- {b.file} "))
+        line = next(x for x in readme.splitlines() if x.startswith(f"- {b.file} "))
         assert line.endswith(f"— {b.licence}") and str(b.rows) in line, line

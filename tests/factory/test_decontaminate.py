@@ -21,7 +21,8 @@ def check(texts, benchmarks=None, **kw):
 
 
 FRESH = [
-    "A baker fills 7 trays with 23 croissants each and sells all but 19 of them before noon. How many croissants are left for the afternoon if she bakes 40 more at lunch?",
+    "A baker fills 7 trays with 23 croissants each and sells all but 19 of them before noon. "
+    "How many croissants are left for the afternoon if she bakes 40 more at lunch?",
     "Let $f(x) = 3x^3 - 7x + 11$. Find the remainder when $f(x^2)$ is divided by $x^2 + x + 1$.",
     "How many ordered triples $(a, b, c)$ of positive integers satisfy $a + 2b + 3c = 101$ and $a \\le b$?",
     "Write a Python function that returns the longest run of equal adjacent characters in a string, together with the character.",
@@ -147,13 +148,13 @@ def test_the_lake_stage_returns_hits_without_writing():
 
 def test_gsm8k_train_problems_are_mostly_not_flagged_against_gsm8k_test():
     sample = GSM8K_TRAIN.read_text().splitlines()  # the first 400 train problems
-    rows = check([json.loads(l)["question"] for l in sample], ["gsm8k"])
+    rows = check([json.loads(line)["question"] for line in sample], ["gsm8k"])
     rate = sum(r["contaminated"] for r in rows) / len(rows)
     # Measured: 1/400 (0.25%) here, row 20; 4 of all 7,473 train problems (0.05%: rows 20, 406,
     # 1314, 5162) share a 13-gram with a test problem, and those are real near-copies (GSM8K's own
     # train/test overlap).
     assert rate <= 0.02, f"false-positive rate {rate:.1%}"
-    strict = check([json.loads(l)["question"] for l in sample], ["gsm8k"], min_score=0.5)
+    strict = check([json.loads(line)["question"] for line in sample], ["gsm8k"], min_score=0.5)
     assert sum(r["contaminated"] for r in strict) <= sum(r["contaminated"] for r in rows)
 
 

@@ -30,7 +30,8 @@ def _corpus() -> list[str]:
     rng = random.Random(11)
     vocab = [f"w{i}" for i in range(3000)] + ["ab", "abcdefgh", "abcdefghi", "x" * 16, "y" * 17, "z" * 64, "q" * 65, "é" * 40, "Ünïcode", "MiXeD", "a\u00a0b"]
     texts = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 400))) for _ in range(60)]
-    texts += ["", " ", "\t\n", "one", "a b", "a b c d", "a b c d e", "  lead  and  trail  ", "ctrl\x00\x01\x1fchars here and there", "u" * 300 + " after " + "v" * 70, "Héllo wörld — ünïcode ∑ text with more words"]
+    texts += ["", " ", "\t\n", "one", "a b", "a b c d", "a b c d e", "  lead  and  trail  ", "ctrl\x00\x01\x1fchars here and there",
+              "u" * 300 + " after " + "v" * 70, "Héllo wörld — ünïcode ∑ text with more words"]
     return texts
 
 

@@ -70,7 +70,7 @@ def redis_port(tmp_path):
                 break
             except redis.ConnectionError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start")
+                    raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
         yield port
     finally:
