@@ -1,7 +1,7 @@
 """factory/verifiers/registry.py: the one list of verifier names (recipes, `factory verify` and
 its help agree with it), an unknown name refused with the field named, a check without its
-reference made unverifiable before the batch runs, and the factory callers (`factory verify`,
-the flow's verify stage) reaching the verifier through the registry."""
+reference made unverifiable before the batch runs, and every factory caller (`factory verify`,
+the flow's verify stage, eval's checker) reaching the verifier through the registry."""
 
 import json
 import re
@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from factory import recipe as recipe_mod
+from factory.benchmarks import get
+from factory.evaluation import Checker
 from factory.recipe import Recipe, load_recipe
 from factory.stages import verify_samples
 from factory.verification import read_verify_rows, run_verifier
@@ -102,4 +104,11 @@ def test_the_flow_verify_stage_goes_through_the_registry(spies):
     assert (options.timeout_s, options.workers) == (7, 3)
     ((code, _),) = spies["code"]
     assert code == [Check("answer q", None, {"style": "stdio", "cases": []})]
+
+
+def test_eval_checks_through_the_registry(spies):
+    item = {"id": "1", "problem": "1 + 1?", "answer": "2"}
+    assert [v.status for v in Checker(get("gsm8k")).check(item, ["\\boxed{2}", "\\boxed{3}"])] == ["pass", "pass"]
+    ((checks, _),) = spies["math"]
+    assert checks == [Check("\\boxed{2}", "2"), Check("\\boxed{3}", "2")]
 
