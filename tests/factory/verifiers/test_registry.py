@@ -42,7 +42,8 @@ def test_an_unknown_name_is_refused_naming_the_field(tmp_path):
         read_verify_rows(tmp_path / "absent.jsonl", "auto")
     (tmp_path / "data.jsonl").write_text('{"question": "1 + 1?", "answer": "2"}\n')
     (tmp_path / "r.yaml").write_text("name: r\nquestions:\n  - {source: jsonl, path: data.jsonl}\nverify: [math, maths]\n")
-    with pytest.raises(BadInput, match=r"r\.yaml:4: verify: unknown verifier\(s\) \['maths'\]: expected some of \['math', 'code', 'choice', 'exact', 'regex', 'auto'\]"):
+    expected = r"r\.yaml:4: verify: unknown verifier\(s\) \['maths'\]: expected some of \['math', 'code', 'choice', 'exact', 'regex', 'auto'\]"
+    with pytest.raises(BadInput, match=expected):
         load_recipe(tmp_path / "r.yaml")
 
 
