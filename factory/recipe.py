@@ -42,9 +42,11 @@ from storage.errors import BadInput
 from .filters import FILTERS, FilterConfig
 from .questions import QuestionSource
 from .teachers.base import Endpoint, Price, Sampling, TeacherConfig
+from .verifiers.registry import VERIFIERS as _REGISTRY
 from .yaml_config import load_yaml_model
 
-VERIFIERS = ("math", "code", "choice", "exact", "regex", "auto")
+# The registry's verifiers, and "auto": each problem's own (its metadata's, else code for code, math otherwise).
+VERIFIERS = (*_REGISTRY, "auto")
 
 # A recipe or dataset name: it becomes part of run ids and is what `factory export` is given, so
 # no path separators and no leading dot (`../../evil/x` is refused at load, before any request).

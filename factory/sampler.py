@@ -14,6 +14,10 @@ indices stay missing for the next run. `finish_reason=length` is stored as data,
 A `Budget` in tokens or dollars stops new requests once spent reaches it; requests in flight
 finish and are committed. Teachers are checked (`Teacher.check`) before the first request, so
 a missing key, an unknown model or a prompt over the context window fails before any spend.
+
+The worker pool (`send_groups`: failure counting, halting on an auth error or a run of
+failures) and the `Committer` (exactly-once batches, flushed on the way out) serve student
+evaluation too (factory/evaluation.py), with its own rows and batch keys.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from storage import Lake
 
@@ -33,6 +38,7 @@ from .records import content_hash
 from .teachers.base import Completion, RequestGroup, Sampling, Teacher, TeacherConfig, TeacherError, split_reasoning
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -135,6 +141,39 @@ async def sample_teacher(
     """Send every group's missing keys to the teacher and commit the samples as they come."""
     config = teacher.config
     stats = SamplingStats()
+    todo = await missing_requests(lake, config, groups, stats)
+    if not todo:
+        return stats
+    await check_teacher(teacher, [g for g, _ in todo])
+    committer = Committer(lake, "samples", run_id, stats, batch_key=_samples_batch_key,
+                          every=commit_every, interval_s=commit_interval_s, spill_dir=spill_dir)
+
+    def spent() -> bool:
+        if budget and budget.reached(stats.prompt_tokens + stats.completion_tokens, stats.cost_usd):
+            stats.stopped_by_budget = True
+            return True
+        return False
+
+    async def receive(entry: tuple[RequestGroup, dict[int, str]], completions: list[Completion]) -> None:
+        group, keys = entry
+        rows = [sample_row(config, group, c, key) for c, key in requested(config, keys, completions)]
+        count_received(stats, rows)
+        await committer.add(rows)
+        if on_progress:
+            on_progress(stats)
+
+    def sent() -> None:
+        stats.sent_groups += 1
+
+    await send_groups(teacher, todo, lambda e: e[0], receive, stats, committer,
+                      max_consecutive_failures=max_consecutive_failures, stop=spent, on_send=sent)
+    return stats
+
+
+async def missing_requests(lake: Lake, config: TeacherConfig, groups: list[RequestGroup],
+                           stats: SamplingStats) -> list[tuple[RequestGroup, dict[int, str]]]:
+    """Each group cut down to its keys that have no sample in the lake yet, with those keys
+    (sample index -> request key); counts the planned and the already done keys in `stats`."""
     keyed = [(g, g.keys(config)) for g in groups]
     stats.keys = sum(len(k) for _, k in keyed)
     done = await asyncio.to_thread(lake.existing, "samples", "request_key", [k for _, ks in keyed for k in ks.values()])
@@ -144,65 +183,102 @@ async def sample_teacher(
         missing = {i: k for i, k in keys.items() if k not in done}
         if missing:
             todo.append((RequestGroup(group.problem_id, group.messages, group.sampling, tuple(missing)), missing))
-    if not todo:
-        return stats
+    return todo
 
-    longest = max((g for g, _ in todo), key=lambda g: sum(len(m["content"]) for m in g.messages))
-    await teacher.check(list(longest.messages), max_tokens=max(g.sampling.max_tokens for g, _ in todo))
 
-    committer = _Committer(lake, run_id, stats, commit_every, commit_interval_s, spill_dir)
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in todo:
-        queue.put_nowait(item)
+async def check_teacher(teacher: Teacher, groups: Sequence[RequestGroup]) -> None:
+    """`Teacher.check` with the longest prompt and the largest max_tokens of `groups`: a missing
+    key, an unknown model or a prompt over the context window fails before any spend."""
+    longest = max(groups, key=lambda g: sum(len(m["content"]) for m in g.messages))
+    await teacher.check(list(longest.messages), max_tokens=max(g.sampling.max_tokens for g in groups))
+
+
+def requested(config: TeacherConfig, keys: dict[int, str], completions: list[Completion]) -> list[tuple[Completion, str]]:
+    """The completions of requested sample indices, each with its request key (a backend that
+    answers an index nobody asked for is logged, and its answer dropped)."""
+    out = []
+    for c in completions:
+        key = keys.get(c.sample_index)
+        if key is None:
+            log.warning("teacher %s returned an unrequested sample index %s", config.name, c.sample_index)
+            continue
+        out.append((c, key))
+    return out
+
+
+def count_received(stats: SamplingStats, rows: list[dict]) -> None:
+    for r in rows:
+        stats.received += 1
+        stats.length_cut += r["finish_reason"] == "length"
+        stats.prompt_tokens += r["prompt_tokens"] or 0
+        stats.completion_tokens += r["completion_tokens"] or 0
+        stats.cost_usd += r["cost_usd"]
+
+
+# -- the worker pool and the committer, shared with student evaluation (factory/evaluation.py) --
+
+
+class GroupCounts(Protocol):
+    failed_groups: int
+    errors: Counter
+
+
+async def send_groups(
+    teacher: Teacher,
+    todo: Sequence[T],
+    group_of: Callable[[T], RequestGroup],
+    receive: Callable[[T, list[Completion]], Awaitable[None]],
+    counts: GroupCounts,
+    committer: Committer,
+    *,
+    max_consecutive_failures: int,
+    stop: Callable[[], bool] | None = None,
+    on_send: Callable[[], None] | None = None,
+) -> None:
+    """Send each entry's request group to the teacher from up to `teacher.max_concurrency`
+    tasks and hand what comes back to `receive` (which adds rows to `committer`).
+
+    A failed group is counted in `counts` (by error label) and left for the next run. A
+    401/403/404 that no retry fixes, or `max_consecutive_failures` failures in a row, stops
+    every worker (each further request would fail alike) and is raised. `stop()`, asked before
+    each group, ends the workers cleanly (a spent budget). Whatever happens (an error, a
+    cancel), what was received is paid for: the committer is flushed on the way out."""
+    pending: asyncio.Queue = asyncio.Queue()
+    for entry in todo:
+        pending.put_nowait(entry)
     halt: list[BaseException] = []
     consecutive_failures = 0
 
     async def worker() -> None:
         nonlocal consecutive_failures
         while not halt:
-            if budget and budget.reached(stats.prompt_tokens + stats.completion_tokens, stats.cost_usd):
-                stats.stopped_by_budget = True
+            if stop and stop():
                 return
             try:
-                group, keys = queue.get_nowait()
+                entry = pending.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            stats.sent_groups += 1
+            if on_send:
+                on_send()
+            group = group_of(entry)
             try:
                 completions = await teacher.generate(group)
             except TeacherError as exc:
-                stats.failed_groups += 1
-                stats.errors[_error_label(exc)] += 1
+                counts.failed_groups += 1
+                counts.errors[_error_label(exc)] += 1
                 consecutive_failures += 1
-                log.warning("teacher %s: group %s failed: %s", config.name, group.problem_id, exc)
-                if not exc.retryable and getattr(exc, "status", None) in (401, 403, 404):
-                    halt.append(exc)  # every further request would fail the same way
-                elif consecutive_failures >= max_consecutive_failures:
+                log.warning("teacher %s: group %s failed: %s", teacher.config.name, group.problem_id, exc)
+                if _halts(exc) or consecutive_failures >= max_consecutive_failures:
                     halt.append(exc)
                 continue
             consecutive_failures = 0
-            rows = []
-            for c in completions:
-                key = keys.get(c.sample_index)
-                if key is None:
-                    log.warning("teacher %s returned an unrequested sample index %s", config.name, c.sample_index)
-                    continue
-                rows.append(sample_row(config, group, c, key))
-                stats.received += 1
-                stats.length_cut += c.finish_reason == "length"
-                stats.prompt_tokens += c.prompt_tokens or 0
-                stats.completion_tokens += c.completion_tokens or 0
-                stats.cost_usd += rows[-1]["cost_usd"]
-            await committer.add(rows)
-            if on_progress:
-                on_progress(stats)
+            await receive(entry, completions)
 
-    workers = [asyncio.create_task(worker()) for _ in range(max(1, teacher.max_concurrency))]
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, min(teacher.max_concurrency, len(todo))))]
     ticker = asyncio.create_task(committer.tick())
     try:
         await asyncio.gather(*workers)
     finally:
-        # Whatever happened (an error, a cancel), what was received is paid for: keep it.
         for w in workers:
             w.cancel()
         ticker.cancel()
@@ -210,7 +286,11 @@ async def sample_teacher(
         await committer.flush()
     if halt:
         raise halt[0]
-    return stats
+
+
+def _halts(exc: TeacherError) -> bool:
+    """An error every further request would meet too (a bad key, an unknown model or path)."""
+    return not exc.retryable and getattr(exc, "status", None) in (401, 403, 404)
 
 
 def _error_label(exc: TeacherError) -> str:
@@ -218,13 +298,23 @@ def _error_label(exc: TeacherError) -> str:
     return f"http {status}" if status else type(exc).__name__
 
 
-class _Committer:
-    """Buffers sample rows and commits them in small exactly-once batches; rows that cannot be
-    committed (the lake is down) are written to a JSONL spill file rather than lost:
-    `factory ingest SPILL --table samples` loads them later."""
+def _samples_batch_key(rows: list[dict]) -> str:
+    # The set of request keys: committing the same samples twice is a no-op.
+    return "samples:" + content_hash(sorted(r["request_key"] for r in rows))
 
-    def __init__(self, lake: Lake, run_id: str, stats: SamplingStats, every: int, interval_s: float, spill_dir: str):
-        self.lake, self.run_id, self.stats, self.spill_dir = lake, run_id, stats, spill_dir
+
+class Committer:
+    """Buffers rows of one lake table and commits them in small exactly-once batches: as soon
+    as `every` rows wait, or `interval_s` after the last commit (`tick`, None: never).
+    `batch_key(rows)` names a batch by its contents, so committing the same rows twice writes
+    nothing. Commits advance `counts.committed`. With a `spill_dir`, rows that cannot be
+    committed (the lake is down) are written to a JSONL spill file there rather than lost
+    (`factory ingest SPILL --table TABLE` loads them later) and counted in `counts.spilled`."""
+
+    def __init__(self, lake: Lake, table: str, run_id: str, counts: Any, *, batch_key: Callable[[list[dict]], str],
+                 every: int = 32, interval_s: float | None = 2.0, spill_dir: str | None = None):
+        self.lake, self.table, self.run_id, self.counts = lake, table, run_id, counts
+        self.batch_key, self.spill_dir = batch_key, spill_dir
         self.every, self.interval_s = max(1, every), interval_s
         self.rows: list[dict] = []
         self.lock = asyncio.Lock()
@@ -236,6 +326,8 @@ class _Committer:
             await self.flush()
 
     async def tick(self) -> None:
+        if self.interval_s is None:
+            return
         while True:
             await asyncio.sleep(self.interval_s / 2)
             if self.rows and time.monotonic() - self.last >= self.interval_s:
@@ -246,21 +338,20 @@ class _Committer:
             if not self.rows:
                 return
             rows, self.rows = self.rows, []
-            # The batch key is the set of request keys: committing the same samples twice is a no-op.
-            key = "samples:" + content_hash(sorted(r["request_key"] for r in rows))
             try:
-                result = await asyncio.to_thread(self.lake.commit, "samples", rows, batch_key=key, run_id=self.run_id)
+                result = await asyncio.to_thread(self.lake.commit, self.table, rows, batch_key=self.batch_key(rows), run_id=self.run_id)
             except BaseException:
-                self._spill(rows)
+                if self.spill_dir is not None:
+                    self._spill(rows)
                 raise
-            self.stats.committed += result.rows
+            self.counts.committed += result.rows
             self.last = time.monotonic()
 
     def _spill(self, rows: list[dict]) -> None:
-        os.makedirs(self.spill_dir, exist_ok=True)
-        path = os.path.join(self.spill_dir, f"samples-{self.run_id}-{int(time.time() * 1000)}.jsonl")
+        os.makedirs(self.spill_dir, exist_ok=True)  # type: ignore[arg-type]
+        path = os.path.join(self.spill_dir, f"{self.table}-{self.run_id}-{int(time.time() * 1000)}.jsonl")  # type: ignore[arg-type]
         with open(path, "w", encoding="utf-8") as fh:
             for r in rows:
                 fh.write(json.dumps(r, default=str) + "\n")
-        self.stats.spilled += len(rows)
-        log.error("could not commit %d sample(s); kept them in %s", len(rows), path)
+        self.counts.spilled += len(rows)
+        log.error("could not commit %d row(s) of %s; kept them in %s", len(rows), self.table, path)

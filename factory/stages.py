@@ -123,11 +123,14 @@ def checks_of(recipe: Recipe) -> tuple[list[str], list[str]]:
 
 
 def _verifier_for(problem: dict, recipe: Recipe) -> str:
-    meta = _meta(problem)
-    own = meta.get("verifier")
+    """The check that decides a problem's samples: a registry verifier's name, or a generator's
+    own checker (countdown, sorting, ...) named in the problem's metadata."""
+    from .verifiers.registry import VERIFIERS
+
+    own = _meta(problem).get("verifier")
     if "auto" in recipe.verify or not recipe.verify:
         return own or ("code" if problem.get("domain") == "code" else "math")
-    if own and own not in ("math", "code", "choice", "exact", "regex"):
+    if own and own not in VERIFIERS:
         return own  # a generator's own checker (countdown, sorting, ...) always decides
     if problem.get("domain") == "code" and "code" in recipe.verify:
         return "code"
@@ -144,6 +147,23 @@ def _meta(row: dict) -> dict:
         return {}
 
 
+# Why a sample its verifier cannot check is `unverifiable`, by verifier (default: no reference answer).
+_MISSING = {"math": "no reference answer and no majority label", "code": "the problem has no tests"}
+
+
+def _check(problem: dict, sample: dict, labels: dict[str, str] | None):
+    """The registry's Check of a sample: its completion, the problem's gold (else its majority
+    label) and its tests."""
+    from .verifiers.registry import Check
+
+    gold = problem.get("reference_answer")
+    if gold is None and labels:
+        gold = labels.get(problem["problem_id"])
+    tests = problem.get("tests")
+    return Check(sample.get("completion") or "", None if gold is None else str(gold),
+                 json.loads(tests) if isinstance(tests, str) else tests)
+
+
 def verify_samples(
     samples: Sequence[dict],
     problems: dict[str, dict],
@@ -155,59 +175,29 @@ def verify_samples(
     each filter's. The reference answer is the problem's gold, else its majority label
     (`labels`), else the verifier says unverifiable. The verifier's row is checked under its own
     name (math, code, countdown, ...), the filters' under `filter:<name>`, so SQL can ask per
-    check."""
-    from .verifiers.math import verify_math_batch
+    check. Each registry verifier checks its samples as one batch."""
+    from .questions import check_sample
+    from .verifiers.registry import VERIFIERS, Options, verify
 
-    out: list[dict] = []
-    math_jobs: list[tuple[int, str, str]] = []
-    code_jobs: list[tuple[int, str, dict]] = []
     verdicts: dict[int, Verdict] = {}
-    cfg = recipe.filter_config_model()
+    jobs: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         p = problems.get(s["problem_id"])
         if p is None:
             verdicts[i] = Verdict.unverifiable("math", "the sample's problem is not in this run")
             continue
         name = _verifier_for(p, recipe)
-        completion = s.get("completion") or ""
-        gold = p.get("reference_answer")
-        if gold is None and labels:
-            gold = labels.get(p["problem_id"])
-        if name == "math":
-            if gold is None:
-                verdicts[i] = Verdict.unverifiable("math", "no reference answer and no majority label")
-            else:
-                math_jobs.append((i, completion, str(gold)))
-        elif name == "code":
-            tests = p.get("tests")
-            tests = json.loads(tests) if isinstance(tests, str) else tests
-            if not tests:
-                verdicts[i] = Verdict.unverifiable("code", "the problem has no tests")
-            else:
-                code_jobs.append((i, completion, tests))
-        elif name in ("choice", "exact", "regex"):
-            from .verifiers import answers
-
-            if gold is None:
-                verdicts[i] = Verdict.unverifiable(name, "no reference answer")
-            elif name == "regex":
-                verdicts[i] = answers.verify_regex(completion, str(gold), timeout_s=recipe.verify_timeout_s)
-            else:
-                verdicts[i] = (answers.verify_choice if name == "choice" else answers.verify_exact)(completion, str(gold))
+        if name in VERIFIERS:
+            jobs[name].append(i)
         else:
-            from .questions import check_sample
-
             verdicts[i] = check_sample(p, s)
-    if math_jobs:
-        got = verify_math_batch([(c, g) for _, c, g in math_jobs], timeout_s=recipe.verify_timeout_s)
-        verdicts.update({i: v for (i, _, _), v in zip(math_jobs, got)})
-    if code_jobs:
-        from .verifiers.code import verify_code_batch
-        from .verifiers.sandbox import SandboxConfig
-
-        got = verify_code_batch([(c, t) for _, c, t in code_jobs], SandboxConfig(timeout_s=recipe.verify_timeout_s),
-                                workers=recipe.sandbox_workers)
-        verdicts.update({i: v for (i, _, _), v in zip(code_jobs, got)})
+    for name, idx in jobs.items():
+        checks = [_check(problems[samples[i]["problem_id"]], samples[i], labels) for i in idx]
+        options = Options(timeout_s=recipe.verify_timeout_s, workers=recipe.sandbox_workers,
+                          missing=_MISSING.get(name, "no reference answer"))
+        verdicts.update(zip(idx, verify(name, checks, options)))
+    cfg = recipe.filter_config_model()
+    out: list[dict] = []
     for i, s in enumerate(samples):
         p = problems.get(s["problem_id"]) or {}
         rows = [verdicts[i], *apply_filters(s, cfg, domain=p.get("domain"))] if recipe.filters else [verdicts[i]]

@@ -23,17 +23,15 @@ from pathlib import Path
 from storage.errors import BadInput, bad_rows
 
 from .verifiers.base import Verdict
+from .verifiers.registry import Check, Options, require_verifier, verify
 
-VERIFIERS = ("math", "code", "choice", "exact", "regex")
 _SURROGATE_RE = re.compile(r"\\u[dD][89a-fA-F]")
-_NEEDS = {"math": "reference_answer", "choice": "reference_answer", "exact": "reference_answer", "regex": "pattern", "code": "tests"}
 
 
 def read_verify_rows(path: str | Path, verifier: str) -> list[dict]:
     """The rows of a JSON-lines file; BadInput naming each line that is not UTF-8, not JSON, not
     an object, or lacks a field the verifier needs (nothing is verified then)."""
-    if verifier not in VERIFIERS:
-        raise BadInput(f"--verifier {verifier!r}: expected one of {', '.join(VERIFIERS)}")
+    require_verifier(verifier, "--verifier")
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"{path}: no such file")
@@ -83,12 +81,12 @@ def _row_problem(row: object, verifier: str) -> str | None:
         return "field 'id' is missing"
     if not isinstance(row.get("completion"), str):
         return "field 'completion': expected a string"
-    need = _NEEDS[verifier]
-    if verifier == "regex" and "pattern" not in row and "reference_answer" in row:
+    need = require_verifier(verifier, "--verifier").needs
+    if need == "pattern" and "pattern" not in row and "reference_answer" in row:
         need = "reference_answer"
     if row.get(need) is None:
         return f"field {need!r} is missing (needed by --verifier {verifier})"
-    if verifier == "code":
+    if need == "tests":
         tests = row["tests"]
         if not isinstance(tests, dict) or tests.get("style") not in ("asserts", "stdio"):
             return "field 'tests': expected an object with style 'asserts' or 'stdio'"
@@ -122,32 +120,18 @@ def run_verifier(rows: list[dict], verifier: str, *, timeout_s: float | None = N
             verdicts[i] = Verdict.unverifiable(verifier, why)
         else:
             todo.append(i)
-    for i, v in zip(todo, _dispatch([rows[i] for i in todo], verifier, timeout_s)):
+    checks = [_check(rows[i], verifier) for i in todo]
+    for i, v in zip(todo, verify(verifier, checks, Options(timeout_s=timeout_s))):
         verdicts[i] = v
     return [output_row(r["id"], v) for r, v in zip(rows, verdicts)]  # type: ignore[arg-type]
 
 
-def _dispatch(rows: list[dict], verifier: str, timeout_s: float | None) -> list[Verdict]:
-    if not rows:
-        return []
-    kw = {"timeout_s": timeout_s} if timeout_s else {}
-    if verifier == "math":
-        from .verifiers.math import verify_math_batch
-
-        return verify_math_batch([(r["completion"], r["reference_answer"]) for r in rows], **kw)
-    if verifier == "code":
-        from .verifiers.code import verify_code_batch
-        from .verifiers.sandbox import SandboxConfig
-
-        config = SandboxConfig(timeout_s=timeout_s) if timeout_s else None
-        return verify_code_batch([(r["completion"], r["tests"]) for r in rows], config)
-    from .verifiers import answers
-
-    if verifier == "regex":
-        pairs = [(r["completion"], str(r.get("pattern", r.get("reference_answer")))) for r in rows]
-        return answers.verify_regex_batch(pairs, **kw)
-    fn = answers.verify_choice if verifier == "choice" else answers.verify_exact
-    return [fn(r["completion"], str(r["reference_answer"])) for r in rows]
+def _check(row: dict, verifier: str) -> Check:
+    """The registry's Check for a row read by `read_verify_rows` (regex: `pattern`, else `reference_answer`)."""
+    need = require_verifier(verifier, "--verifier").needs
+    if need == "tests":
+        return Check(row["completion"], tests=row["tests"])
+    return Check(row["completion"], reference=row.get(need, row.get("reference_answer")))
 
 
 def output_row(row_id: object, v: Verdict) -> dict:

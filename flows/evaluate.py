@@ -56,7 +56,7 @@ def eval_(
     def job() -> None:
         nonlocal missing_total
         from factory.benchmarks import parse_names
-        from trainer.evaluate import evaluate
+        from factory.evaluation import evaluate
 
         if format not in FORMATS:
             raise BadInput(f"--format {format!r}: expected one of {', '.join(FORMATS)}")

