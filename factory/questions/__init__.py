@@ -220,19 +220,13 @@ def check_sample(problem_row: dict, sample_row: dict) -> Verdict:
             if verifier != "countdown" and not gold:
                 return Verdict.unverifiable(verifier, "the problem has no reference answer")
             return CHECKERS[verifier](completion, {**problem_row, "metadata": meta})
-        if verifier == "code":
-            from ..verifiers.code import verify_code
+        if verifier in ("code", "exact", "choice"):  # the shared verifiers, by the one registry
+            from ..verifiers.registry import Check, Options, verify
 
             tests = problem_row.get("tests")
-            if not tests:
-                return Verdict.unverifiable("code", "the problem has no tests")
-            return verify_code(completion, json.loads(tests) if isinstance(tests, str) else tests)
-        if verifier in ("exact", "choice"):
-            from ..verifiers import answers
-
-            if not gold:
-                return Verdict.unverifiable(verifier, "the problem has no reference answer")
-            return (answers.verify_exact if verifier == "exact" else answers.verify_choice)(completion, gold)
+            tests = json.loads(tests) if isinstance(tests, str) else tests
+            missing = "the problem has no tests" if verifier == "code" else "the problem has no reference answer"
+            return verify(verifier, [Check(completion, reference=gold or None, tests=tests)], Options(missing=missing))[0]
     except (KeyError, TypeError, ValueError) as exc:
         return Verdict.errored(verifier, f"the problem's checker data is incomplete: {exc}")
     return Verdict.unverifiable(str(verifier), f"unknown verifier {verifier!r}; expected one of {', '.join(VERIFIERS)}")
