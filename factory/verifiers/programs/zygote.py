@@ -89,7 +89,7 @@ def wipe(path):
         for d in dirs:
             try:
                 os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
-            except OSError:
+            except (OSError, NotImplementedError):  # a symlink: Linux cannot chmod one; unlinked below
                 pass
     try:
         names = os.listdir(path)

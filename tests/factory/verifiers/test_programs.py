@@ -169,6 +169,8 @@ def test_zygote_wipe_removes_what_a_run_locked(tmp_path):
     locked = tmp_path / "a" / "b"
     locked.mkdir(parents=True)
     (locked / "f").write_text("x")
+    (locked / "link").symlink_to(tmp_path)  # os.walk lists a link to a directory among the dirs
+    (tmp_path / "link").symlink_to("/etc")
     os.chmod(tmp_path / "a", 0)
     zygote.wipe(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
