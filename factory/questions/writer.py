@@ -45,6 +45,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..decontaminate import contamination_labels, decontaminate_records
 from ..dedup import dedup_records
@@ -129,6 +130,207 @@ async def _ledger_rows(lake, keys: list[str]) -> dict[str, dict]:
     return {r["request_key"]: r for r in table.to_pylist()}
 
 
+@dataclass
+class _Job:
+    """One `write_questions` call: its settings, and what its rounds have gathered so far."""
+
+    lake: Any
+    teacher: Any
+    pool: list[dict]  # the seed problems, by problem_id
+    run_id: str
+    count: int
+    modes: Sequence[str]
+    samples_per_question: int
+    min_votes: int
+    min_agreement: float
+    write_sampling: Sampling
+    answer_sampling: Sampling
+    seed: int
+    keep_truncated: bool
+    last_number: bool
+    dedup_threshold: float
+    benchmarks: str | Sequence[str] | None
+    source: str
+    budget: Budget | None
+    stats: WriteStats
+    seen: set[str] = field(default_factory=set)  # problem ids of the seeds and of every candidate
+    earlier: list[dict] = field(default_factory=list)  # the dedup reference, in order
+    kept_rows: list[dict] = field(default_factory=list)
+    label_rows: list[dict] = field(default_factory=list)
+    attempt: int = 0  # write attempts planned so far: the next one's index
+
+    def __post_init__(self) -> None:
+        self.seen = {s["problem_id"] for s in self.pool}
+        self.earlier = [{"problem_id": s["problem_id"], "problem": s["problem"]} for s in self.pool]
+
+
+def _seed_pool(seeds: Sequence[dict], modes: Sequence[str], count: int, samples_per_question: int,
+               max_rounds: int) -> list[dict]:
+    """The seed problems with text, one per problem_id, in id order; ValueError on bad settings."""
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"modes {list(modes)!r}: expected a non-empty list from {list(MODES)}")
+    if count < 0 or samples_per_question < 1 or max_rounds < 1:
+        raise ValueError("count >= 0, samples_per_question >= 1 and max_rounds >= 1 expected")
+    pool = sorted({s["problem_id"]: s for s in seeds if s.get("problem")}.values(), key=lambda s: s["problem_id"])
+    if not pool:
+        raise ValueError("write_questions needs at least one seed problem with text")
+    return pool
+
+
+async def _sample(job: _Job, groups: list[RequestGroup]) -> dict[str, dict]:
+    """Sample `groups` through the ledger, and read every one of their samples back by request key."""
+    sampled = await sample_teacher(job.lake, job.teacher, groups, run_id=job.run_id, budget=job.budget)
+    job.stats.sent += sampled.sent_groups
+    return await _ledger_rows(job.lake, [k for g in groups for k in g.keys(job.teacher.config).values()])
+
+
+def _plan_writes(job: _Job, need: int) -> list[tuple[str, list[dict], RequestGroup]]:
+    """Step 1: (mode, seed problems, request) of the next `need` write attempts."""
+    plans = []
+    for i in range(job.attempt, job.attempt + need):
+        rng = random.Random(f"write:{job.seed}:{i}")
+        mode = job.modes[i % len(job.modes)]
+        picked = _pick(rng, job.pool, mode)
+        if mode == "combine" and len(picked) < 2:
+            mode = "harder"  # one seed problem: nothing to combine
+        plans.append((mode, picked, _write_group(mode, picked, i, job.write_sampling)))
+    job.attempt += need
+    job.stats.attempts += need
+    return plans
+
+
+def _clean_candidates(job: _Job, plans: list, got: dict[str, dict]) -> list[dict]:
+    """Step 2: the written problems, cleaned; not written, cut, too short and exact duplicates dropped."""
+    stats, candidates = job.stats, []
+    for mode, picked, g in plans:
+        key = next(iter(g.keys(job.teacher.config).values()))
+        row = got.get(key)
+        if row is None:
+            stats.dropped["not written (teacher failed or budget)"] += 1
+            continue
+        stats.written += 1
+        text = clean_written(row["answer"] or row["completion"])
+        if row["finish_reason"] == "length" and not job.keep_truncated:
+            stats.dropped["cut by max_tokens"] += 1
+            continue
+        if len(text) < MIN_CHARS:
+            stats.dropped["empty or too short"] += 1
+            continue
+        pid = problem_id(text)
+        if pid in job.seen:
+            stats.dropped["exact duplicate"] += 1
+            continue
+        job.seen.add(pid)
+        candidates.append({
+            "problem_id": pid, "problem": text, "mode": mode, "from": [p["problem_id"] for p in picked],
+            "write_request_key": key,
+        })
+    return candidates
+
+
+def _drop_near_duplicates(job: _Job, candidates: list[dict]) -> list[dict]:
+    """Step 3a: dedup against the seeds and everything written before (all candidates join that reference)."""
+    if not candidates:
+        return candidates
+    decided = dedup_records(job.earlier + candidates, "problem", threshold=job.dedup_threshold, id_column="problem_id")
+    fresh = {r["problem_id"] for r in decided[len(job.earlier):] if r["kept"]}
+    for c in candidates:
+        if c["problem_id"] not in fresh:
+            job.stats.dropped["near duplicate"] += 1
+    job.earlier += [{"problem_id": c["problem_id"], "problem": c["problem"]} for c in candidates]
+    return [c for c in candidates if c["problem_id"] in fresh]
+
+
+def _drop_contaminated(job: _Job, candidates: list[dict]) -> list[dict]:
+    """Step 3b: decontaminate against the benchmark registry."""
+    if not candidates:
+        return candidates
+    clean = []
+    for c in decontaminate_records(candidates, "problem", benchmarks=job.benchmarks):
+        if c["contaminated"]:
+            job.stats.dropped[f"contaminated ({c['benchmark']})"] += 1
+        else:
+            clean.append(c)
+    return clean
+
+
+async def _answer(job: _Job, candidates: list[dict]) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    """Step 4: `samples_per_question` answers of each candidate: (request keys by problem id, ledger rows)."""
+    groups = [
+        RequestGroup(c["problem_id"], ({"role": "user", "content": ANSWER_PROMPT.format(problem=c["problem"])},),
+                     job.answer_sampling, tuple(range(job.samples_per_question)))
+        for c in candidates
+    ]
+    job.stats.answered += len(candidates)
+    answers = await _sample(job, groups)
+    keys = {c["problem_id"]: list(g.keys(job.teacher.config).values()) for c, g in zip(candidates, groups)}
+    return keys, answers
+
+
+def _keep_agreeing(job: _Job, candidates: list[dict], keys: dict[str, list[str]], answers: dict[str, dict]) -> None:
+    """Step 5: keep each candidate whose answers reach a majority, until `count` are kept."""
+    for c in candidates:
+        rows = [answers[k] for k in keys[c["problem_id"]] if k in answers]
+        said = [sample_answer(r, last_number=job.last_number) for r in rows]
+        vote = majority_vote(said + [None] * (job.samples_per_question - len(rows)),
+                             min_votes=job.min_votes, min_agreement=job.min_agreement)
+        job.stats.votes[vote.reason] += 1
+        if vote.label is None:
+            job.stats.dropped[f"no consistent answer ({vote.reason})"] += 1
+            continue
+        want = answer_key(vote.label)
+        agreeing = sum(1 for a in said if a is not None and a.strip() and answer_key(a.strip()) == want)
+        job.kept_rows.append(_problem_row(job, c, vote, len(rows)))
+        job.label_rows.append(_label_row(c, vote, len(rows), agreeing))
+        if len(job.kept_rows) >= job.count:
+            break
+
+
+def _problem_row(job: _Job, c: dict, vote, n_samples: int) -> dict:
+    config = job.teacher.config
+    meta = {
+        "verifier": "math", "mode": c["mode"], "from": c["from"], "writer": config.name, "model": config.model,
+        "write_request_key": c["write_request_key"],
+        "label": {"method": "majority", "confidence": vote.confidence, "votes": vote.votes, "samples": n_samples},
+    }
+    return {
+        "problem_id": c["problem_id"], "source": job.source, "domain": "math", "problem": c["problem"],
+        "reference_answer": vote.label, "tests": None, "difficulty": None,
+        "metadata": json.dumps(meta, sort_keys=True), "contamination": contamination_labels(c),
+    }
+
+
+def _label_row(c: dict, vote, n_samples: int, agreeing: int) -> dict:
+    return {
+        "problem_id": c["problem_id"], "method": "majority", "label": vote.label, "confidence": vote.confidence,
+        "votes": vote.votes, "n_samples": n_samples, "n_passed": agreeing,
+        "pass_rate": agreeing / n_samples if n_samples else None, "gold_disagrees": None, "majority_answer": vote.top,
+        "metadata": json.dumps({"vote": vote.reason, "counts": vote.counts, "pass_rate_from": "agreement with the majority"}),
+    }
+
+
+async def _round(job: _Job, need: int) -> None:
+    """Steps 1-5 for `need` more problems."""
+    plans = _plan_writes(job, need)
+    got = await _sample(job, [g for _, _, g in plans])
+    candidates = _clean_candidates(job, plans, got)
+    candidates = _drop_near_duplicates(job, candidates)
+    candidates = _drop_contaminated(job, candidates)
+    if candidates:
+        keys, answers = await _answer(job, candidates)
+        _keep_agreeing(job, candidates, keys, answers)
+
+
+async def _commit(job: _Job) -> None:
+    """The kept problems and their labels, each as one exactly-once batch."""
+    ids = sorted(r["problem_id"] for r in job.kept_rows)
+    await asyncio.to_thread(job.lake.commit, "problems", job.kept_rows, batch_key="problems:written:" + content_hash(ids),
+                            run_id=job.run_id)
+    await asyncio.to_thread(job.lake.commit, "labels", job.label_rows, batch_key="labels:written:" + content_hash(ids),
+                            run_id=job.run_id)
+
+
 async def write_questions(
     lake,
     teacher,
@@ -158,133 +360,24 @@ async def write_questions(
     """Up to `count` new problems written from `seeds` (rows with problem_id, problem), each with
     its majority answer as reference; see the module docstring. `last_number` lets a sample's
     last number count as its answer when it states none (weak teachers)."""
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise ValueError(f"modes {list(modes)!r}: expected a non-empty list from {list(MODES)}")
-    if count < 0 or samples_per_question < 1 or max_rounds < 1:
-        raise ValueError("count >= 0, samples_per_question >= 1 and max_rounds >= 1 expected")
-    pool = sorted({s["problem_id"]: s for s in seeds if s.get("problem")}.values(), key=lambda s: s["problem_id"])
-    if not pool:
-        raise ValueError("write_questions needs at least one seed problem with text")
-    stats = stats if stats is not None else WriteStats()
-    config = teacher.config
-    write_sampling = Sampling(temperature=temperature, max_tokens=write_max_tokens, seed=seed)
-    answer_sampling = Sampling(temperature=answer_temperature, max_tokens=answer_max_tokens, seed=seed)
-    seen = {s["problem_id"] for s in pool}
-    earlier = [{"problem_id": s["problem_id"], "problem": s["problem"]} for s in pool]  # dedup reference, in order
-    kept_rows: list[dict] = []
-    label_rows: list[dict] = []
-    attempt = 0
+    job = _Job(
+        lake=lake, teacher=teacher, pool=_seed_pool(seeds, modes, count, samples_per_question, max_rounds),
+        run_id=run_id, count=count, modes=modes, samples_per_question=samples_per_question, min_votes=min_votes,
+        min_agreement=min_agreement, seed=seed, keep_truncated=keep_truncated, last_number=last_number,
+        write_sampling=Sampling(temperature=temperature, max_tokens=write_max_tokens, seed=seed),
+        answer_sampling=Sampling(temperature=answer_temperature, max_tokens=answer_max_tokens, seed=seed),
+        dedup_threshold=dedup_threshold, benchmarks=benchmarks, source=source, budget=budget,
+        stats=stats if stats is not None else WriteStats(),
+    )
     for _ in range(max_rounds):
-        need = count - len(kept_rows)
+        need = count - len(job.kept_rows)
         if need <= 0:
             break
-        # 1. write
-        plans = []
-        for i in range(attempt, attempt + need):
-            rng = random.Random(f"write:{seed}:{i}")
-            mode = modes[i % len(modes)]
-            picked = _pick(rng, pool, mode)
-            if mode == "combine" and len(picked) < 2:
-                mode = "harder"  # one seed problem: nothing to combine
-            plans.append((mode, picked, _write_group(mode, picked, i, write_sampling)))
-        attempt += need
-        stats.attempts += need
-        groups = [g for _, _, g in plans]
-        s1 = await sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget)
-        stats.sent += s1.sent_groups
-        got = await _ledger_rows(lake, [k for g in groups for k in g.keys(config).values()])
-        # 2. clean
-        candidates = []
-        for mode, picked, g in plans:
-            key = next(iter(g.keys(config).values()))
-            row = got.get(key)
-            if row is None:
-                stats.dropped["not written (teacher failed or budget)"] += 1
-                continue
-            stats.written += 1
-            text = clean_written(row["answer"] or row["completion"])
-            if row["finish_reason"] == "length" and not keep_truncated:
-                stats.dropped["cut by max_tokens"] += 1
-                continue
-            if len(text) < MIN_CHARS:
-                stats.dropped["empty or too short"] += 1
-                continue
-            pid = problem_id(text)
-            if pid in seen:
-                stats.dropped["exact duplicate"] += 1
-                continue
-            seen.add(pid)
-            candidates.append({
-                "problem_id": pid, "problem": text, "mode": mode, "from": [p["problem_id"] for p in picked],
-                "write_request_key": key,
-            })
-        # 3. dedup against the seeds and everything written before, then decontaminate
-        if candidates:
-            decided = dedup_records(earlier + candidates, "problem", threshold=dedup_threshold, id_column="problem_id")
-            fresh = {r["problem_id"] for r in decided[len(earlier):] if r["kept"]}
-            for c in candidates:
-                if c["problem_id"] not in fresh:
-                    stats.dropped["near duplicate"] += 1
-            earlier += [{"problem_id": c["problem_id"], "problem": c["problem"]} for c in candidates]
-            candidates = [c for c in candidates if c["problem_id"] in fresh]
-        if candidates:
-            checked = decontaminate_records(candidates, "problem", benchmarks=benchmarks)
-            clean = []
-            for c in checked:
-                if c["contaminated"]:
-                    stats.dropped[f"contaminated ({c['benchmark']})"] += 1
-                else:
-                    clean.append(c)
-            candidates = clean
-        if not candidates:
-            continue
-        # 4. answer
-        answer_groups = [
-            RequestGroup(c["problem_id"], ({"role": "user", "content": ANSWER_PROMPT.format(problem=c["problem"])},),
-                         answer_sampling, tuple(range(samples_per_question)))
-            for c in candidates
-        ]
-        stats.answered += len(candidates)
-        s2 = await sample_teacher(lake, teacher, answer_groups, run_id=run_id, budget=budget)
-        stats.sent += s2.sent_groups
-        keys = {c["problem_id"]: list(g.keys(config).values()) for c, g in zip(candidates, answer_groups)}
-        answers = await _ledger_rows(lake, [k for ks in keys.values() for k in ks])
-        # 5. keep on agreement
-        for c in candidates:
-            rows = [answers[k] for k in keys[c["problem_id"]] if k in answers]
-            said = [sample_answer(r, last_number=last_number) for r in rows]
-            vote = majority_vote(said + [None] * (samples_per_question - len(rows)), min_votes=min_votes, min_agreement=min_agreement)
-            stats.votes[vote.reason] += 1
-            if vote.label is None:
-                stats.dropped[f"no consistent answer ({vote.reason})"] += 1
-                continue
-            want = answer_key(vote.label)
-            agreeing = sum(1 for a in said if a is not None and a.strip() and answer_key(a.strip()) == want)
-            meta = {
-                "verifier": "math", "mode": c["mode"], "from": c["from"], "writer": config.name, "model": config.model,
-                "write_request_key": c["write_request_key"],
-                "label": {"method": "majority", "confidence": vote.confidence, "votes": vote.votes, "samples": len(rows)},
-            }
-            kept_rows.append({
-                "problem_id": c["problem_id"], "source": source, "domain": "math", "problem": c["problem"],
-                "reference_answer": vote.label, "tests": None, "difficulty": None,
-                "metadata": json.dumps(meta, sort_keys=True), "contamination": contamination_labels(c),
-            })
-            label_rows.append({
-                "problem_id": c["problem_id"], "method": "majority", "label": vote.label, "confidence": vote.confidence,
-                "votes": vote.votes, "n_samples": len(rows), "n_passed": agreeing,
-                "pass_rate": agreeing / len(rows) if rows else None, "gold_disagrees": None, "majority_answer": vote.top,
-                "metadata": json.dumps({"vote": vote.reason, "counts": vote.counts, "pass_rate_from": "agreement with the majority"}),
-            })
-            if len(kept_rows) >= count:
-                break
-    stats.kept = len(kept_rows)
+        await _round(job, need)
+    stats = job.stats
+    stats.kept = len(job.kept_rows)
     log.info("write_questions: %d attempts, %d written, %d answered, %d kept; dropped %s",
              stats.attempts, stats.written, stats.answered, stats.kept, dict(stats.dropped))
-    if commit and kept_rows:
-        ids = sorted(r["problem_id"] for r in kept_rows)
-        await asyncio.to_thread(lake.commit, "problems", kept_rows, batch_key="problems:written:" + content_hash(ids), run_id=run_id)
-        await asyncio.to_thread(lake.commit, "labels", label_rows, batch_key="labels:written:" + content_hash(ids), run_id=run_id)
-    return kept_rows
-
+    if commit and job.kept_rows:
+        await _commit(job)
+    return job.kept_rows

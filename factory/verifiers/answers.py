@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import Verdict
+from .programs import source
 from .workers import ScriptWorker, SharedPool, default_size
 
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -101,34 +102,17 @@ def verify_choice(completion: str, gold: str, options: str = "ABCDEFGHIJ") -> Ve
 
 REGEX_TIMEOUT_S = 5.0
 REGEX_MEMORY_BYTES = 1 << 30
-# The worker: a fresh stdlib-only interpreter (workers.ScriptWorker). A pattern such as `(a+)+$`
-# backtracks exponentially in `re` and never returns to the interpreter loop, so no thread can
-# stop it: only killing the process holds the timeout.
-_REGEX_WORKER = r"""
-import os, re, resource, sys
-from functools import lru_cache
-from multiprocessing.connection import Connection
-resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
-conn = Connection(int(sys.argv[1]))
-compile_ = lru_cache(maxsize=256)(re.compile)
-conn.send(("ready", os.getpid()))
-while True:
-    try:
-        pattern, text = conn.recv()
-    except EOFError:
-        break
-    try:
-        rx = compile_(pattern)
-    except (re.error, RecursionError, OverflowError, ValueError) as exc:
-        conn.send(("bad_pattern", str(exc)))
-        continue
-    try:
-        conn.send(("match" if rx.fullmatch(text) else "no_match", ""))
-    except (MemoryError, RecursionError) as exc:
-        conn.send(("error", type(exc).__name__))
-""" % (REGEX_MEMORY_BYTES, REGEX_MEMORY_BYTES)
+# The worker (programs/regex_worker.py): a fresh stdlib-only interpreter (workers.ScriptWorker),
+# given its memory cap as an argument. A pattern such as `(a+)+$` backtracks exponentially in `re`
+# and never returns to the interpreter loop, so no thread can stop it: only killing the process
+# holds the timeout.
 
-_REGEX_POOL = SharedPool(lambda: ScriptWorker(_REGEX_WORKER, "regex"), default_size, "regex")
+
+def _start_regex_worker() -> ScriptWorker:
+    return ScriptWorker(source("regex_worker.py"), "regex", args=(str(REGEX_MEMORY_BYTES),))
+
+
+_REGEX_POOL = SharedPool(_start_regex_worker, default_size, "regex")
 
 
 def verify_regex(completion: str, pattern: str, *, timeout_s: float = REGEX_TIMEOUT_S) -> Verdict:

@@ -61,7 +61,6 @@ not a fresh import).
 from __future__ import annotations
 
 import functools
-import logging
 import multiprocessing
 import os
 import re
@@ -72,7 +71,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from .base import Verdict
-from .workers import SharedPool, WorkerPool, default_size
+from .programs import math_worker
+from .workers import ForkWorker, SharedPool, WorkerPool, default_size
 
 CHECK = "math"
 DEFAULT_TIMEOUT_S = 5.0
@@ -482,88 +482,7 @@ def prepare_gold(gold: str | int | float | MathGold, *, raw: bool = False) -> Ma
     return _prepare_gold(str(gold).strip(), raw)
 
 
-# --------------------------------------------------------------------------- worker process
-
-
-def _worker_main(conn, memory_bytes: int) -> None:
-    """Loop of one worker: receive (gold candidates, gold need_math, pred candidates, options,
-    sleep_s), answer (kind, info).
-
-    Runs math-verify with its signal timeouts off: the parent enforces the deadline by killing
-    this process, which also covers sympy code that never returns to the interpreter loop.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it kills us
-    if memory_bytes:
-        try:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        except (ImportError, ValueError, OSError):
-            pass
-    # "Timeout is disabled" warnings are expected here: the parent owns the timeout.
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-    from sympy import Basic
-    from sympy.matrices import MatrixBase
-
-    configs = {
-        "latex": LatexExtractionConfig(boxed_match_priority=0),
-        "expr": ExprExtractionConfig(),
-    }
-
-    @functools.lru_cache(maxsize=4096)  # the gold of a problem is parsed once per worker
-    def parse_first(cands: tuple[str, ...], match_types: tuple[str, ...], need_math: bool):
-        """The first candidate that parses to a sympy object; else (unless `need_math`) the first
-        that math-verify kept as a bare string."""
-        targets = [configs[m] for m in match_types]
-        fallback: list = []
-        for c in cands:
-            parsed = parse(c, targets, parsing_timeout=None)
-            if any(isinstance(x, (Basic, MatrixBase)) for x in parsed):
-                return parsed
-            if parsed and not fallback:
-                fallback = parsed
-        return [] if need_math else fallback
-
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            req = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent went away
-        if req is None:
-            return
-        gold_cands, gold_need_math, pred_cands, opts, sleep_s = req
-        try:
-            if sleep_s:
-                time.sleep(sleep_s)  # test hook: a worker that hangs
-            gold = parse_first(gold_cands, opts.match_types, gold_need_math)
-            if not gold:
-                resp = ("gold_unparseable", "")
-            else:
-                pred = parse_first(pred_cands, opts.match_types, False) if pred_cands else []
-                if not pred:
-                    resp = ("pred_unparseable", "")
-                else:
-                    ok = verify(
-                        gold,
-                        pred,
-                        float_rounding=opts.float_rounding,
-                        strict=opts.strict,
-                        allow_set_relation_comp=opts.allow_set_relation_comp,
-                        timeout_seconds=None,
-                    )
-                    resp = ("equal" if ok else "different", "")
-        except MemoryError:
-            resp = ("error", "MemoryError (worker memory cap)")
-        except Exception as e:  # math-verify swallows most errors itself; anything else is ours
-            resp = ("error", f"{type(e).__name__}: {e}"[:300])
-        try:
-            conn.send(resp)
-        except (EOFError, OSError):
-            return
+# --------------------------------------------------------------------------- worker pool (the loop: programs/math_worker.py)
 
 
 def _mp_context():
@@ -572,43 +491,9 @@ def _mp_context():
     # multi-threaded parent, where a plain fork can inherit a held lock and hang.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["math_verify", "factory.verifiers.math"])
+        ctx.set_forkserver_preload(["math_verify", "factory.verifiers.math", math_worker.__name__])
         return ctx
     return multiprocessing.get_context("spawn")
-
-
-class _Worker:
-    def __init__(self, ctx) -> None:
-        parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(
-            target=_worker_main, args=(child, WORKER_MEMORY_BYTES), daemon=True, name="factory-math-verify"
-        )
-        self.proc.start()
-        child.close()
-        self.conn = parent
-        try:
-            if not parent.poll(WORKER_START_TIMEOUT_S):
-                raise TimeoutError(f"no sign of life within {WORKER_START_TIMEOUT_S:g}s")
-            parent.recv()  # ("ready", pid): math-verify imported
-        except (EOFError, OSError) as e:
-            self.kill()
-            raise RuntimeError(f"math-verify worker failed to start (exit code {self.proc.exitcode}): {e!r}") from e
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.proc.exitcode
-
-    def kill(self) -> None:
-        try:
-            if self.proc.is_alive():
-                self.proc.kill()
-            self.proc.join(10)
-        finally:
-            self.conn.close()
 
 
 def _default_size() -> int:
@@ -621,7 +506,11 @@ def _default_size() -> int:
     return default_size()
 
 
-_POOL = SharedPool(lambda: _Worker(_mp_context()), _default_size, "math-verify")
+def _start_worker() -> ForkWorker:
+    return ForkWorker(_mp_context(), math_worker.main, (WORKER_MEMORY_BYTES,), "math-verify", WORKER_START_TIMEOUT_S)
+
+
+_POOL = SharedPool(_start_worker, _default_size, "math-verify")
 
 
 def _get_pool() -> WorkerPool:

@@ -40,9 +40,9 @@ unless `unsafe_no_sandbox=True` is set explicitly):
    and `--clearenv`), and the sandbox's pid 1 is our own zygote (`--as-pid-1`), so
    /proc/1/environ shows nothing of the parent (bubblewrap's own pid-1 reaper would otherwise
    expose the environment bwrap was started with).
-3. A zygote inside the sandbox (`python -I -S -B`, pid 1 of the pid namespace, OOM-immune,
-   not dumpable so tests cannot ptrace it) forks ONE fresh process per run: new session,
-   rlimits (CPU, address space, file size, open files, no core dumps), a fresh empty work dir
+3. A zygote inside the sandbox (programs/zygote.py, sent as text to `python -I -S -B`; pid 1 of
+   the pid namespace, OOM-immune, not dumpable so tests cannot ptrace it) forks ONE fresh
+   process per run: new session, rlimits (CPU, address space, file size, open files, no core dumps), a fresh empty work dir
    (/tmp and /dev/shm are wiped after every run, directories a run locked with chmod included;
    if anything is still there after the wipe, the host discards the whole sandbox and the next
    run starts a fresh one with fresh tmpfs), stdin from a file, stdout/stderr/result pipes.
@@ -89,6 +89,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from .programs import source
 
 log = logging.getLogger(__name__)
 
@@ -164,293 +166,6 @@ class SandboxResult:
     channel: bytes = b""  # what the program wrote on fd 3 (the result channel); capped
     sandbox_error: str | None = None  # the sandbox itself broke (not the program)
     extra: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------- zygote
-# Runs inside the sandbox as pid 1. Talks to the host over fds 0/1 (moved to high fds), with
-# length-prefixed JSON messages. Kept free of third-party imports: it runs with -I -S.
-_ZYGOTE = r'''# MARKER
-import os, sys, io, json, struct, select, signal, resource, time, builtins, types, traceback, shutil
-PIDNS = bool(int(sys.argv[1]))
-TMP = sys.argv[2]
-CTL_IN = os.dup(0); CTL_OUT = os.dup(1)
-_null = os.open("/dev/null", os.O_RDWR)
-for _fd in (0, 1, 2):
-    os.dup2(_null, _fd)
-os.close(_null)
-for _fd in (CTL_IN, CTL_OUT):
-    os.set_inheritable(_fd, False)
-# As pid 1 we only receive the signals we handle: handle none (SIGINT would otherwise raise
-# KeyboardInterrupt here when a run sends it to pid 1). Runs get Python's default back.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-try:
-    import ctypes
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: tests cannot ptrace the zygote
-except Exception:
-    pass
-try:
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write("-1000")
-except OSError:
-    pass
-
-def readn(n):
-    buf = b""
-    while len(buf) < n:
-        chunk = os.read(CTL_IN, n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-def send(obj):
-    data = json.dumps(obj).encode()
-    data = struct.pack("<I", len(data)) + data
-    while data:
-        data = data[os.write(CTL_OUT, data):]
-
-def wipe(path):
-    # A run may leave directories it made unreadable (chmod 0): give them back first.
-    try:
-        os.chmod(path, 0o700)
-    except OSError:
-        pass
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            try:
-                os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
-            except OSError:
-                pass
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        p = os.path.join(path, name)
-        try:
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                os.unlink(p)
-        except OSError:
-            pass
-
-def dirty():
-    """True when a writable area still holds something after the wipe: the host then starts a
-    fresh sandbox (fresh tmpfs) instead of letting the next run see it."""
-    for path in (TMP, "/dev/shm"):
-        try:
-            if os.listdir(path):
-                return True
-        except OSError:
-            return True
-    return False
-
-def kill_rest(pgid):
-    if PIDNS:
-        try:
-            os.kill(-1, signal.SIGKILL)  # every process of the namespace but pid 1 (us)
-        except ProcessLookupError:
-            pass
-    else:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-def child(req, wd, fds):
-    # fds: stdin, stdout, stderr, channel, secret(optional) -> 0,1,2,3,4
-    try:
-        os.setsid()
-        import fcntl
-        high = [fcntl.fcntl(f, fcntl.F_DUPFD, 16) if f is not None else None for f in fds]
-        for i, f in enumerate(high):
-            if f is not None:
-                os.dup2(f, i)
-        os.closerange(len(high), 1 << 16)
-        try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
-        except OSError:
-            pass
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for res, val in req["rlimits"]:
-            resource.setrlimit(getattr(resource, res), (val, val))
-        cpu = req["cpu"]
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        os.chdir(wd)
-        sys.argv = ["<program>"]
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=False)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True)
-        sys.path[:0] = [wd]
-        mod = types.ModuleType("__main__")
-        mod.__dict__["__builtins__"] = builtins
-        sys.modules["__main__"] = mod
-        code = req.get("_code") or compile(req["program"], "<program>", "exec")
-        del req
-    except BaseException:
-        os._exit(70)
-    status = 0
-    try:
-        exec(code, mod.__dict__)
-    except SystemExit as e:
-        c = e.code
-        if c is None:
-            status = 0
-        elif isinstance(c, int):
-            status = c & 0xFF
-        else:
-            try:
-                print(c, file=sys.stderr)
-            except BaseException:
-                pass
-            status = 1
-    except BaseException as e:
-        try:
-            traceback.print_exception(type(e), e, e.__traceback__.tb_next)
-        except BaseException:
-            pass
-        status = 1
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    os._exit(status)
-
-COMPILED = {}
-
-def run(req, n):
-    t0 = time.monotonic()
-    if req.get("trusted_program"):
-        # The host's own constant programs (the code verifier's judge and runner) are compiled
-        # once here and reused by every forked run; untrusted code is never compiled in pid 1.
-        code = COMPILED.get(req["program"])
-        if code is None:
-            code = COMPILED[req["program"]] = compile(req["program"], "<program>", "exec")
-        req["_code"] = code
-    wipe(TMP)
-    wipe("/dev/shm")
-    wd = os.path.join(TMP, "job")
-    os.mkdir(wd, 0o700)
-    with open(os.path.join(TMP, ".stdin"), "wb") as f:
-        f.write(req.get("stdin", "").encode())
-    in_fd = os.open(os.path.join(TMP, ".stdin"), os.O_RDONLY)
-    os.unlink(os.path.join(TMP, ".stdin"))
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    ch_r, ch_w = os.pipe()
-    sec_r = None
-    if req.get("secret"):
-        sec_r, sec_w = os.pipe()
-        os.write(sec_w, req["secret"].encode())
-        os.close(sec_w)
-    pid = os.fork()
-    if pid == 0:
-        os.close(out_r); os.close(err_r); os.close(ch_r)
-        child(req, wd, [in_fd, out_w, err_w, ch_w, sec_r])
-        os._exit(71)
-    for f in (in_fd, out_w, err_w, ch_w, sec_r):
-        if f is not None:
-            os.close(f)
-    pidfd = os.pidfd_open(pid)
-    cap = req["output_limit"]
-    ch_cap = req.get("channel_limit", 65536)
-    bufs = {out_r: [], err_r: [], ch_r: []}
-    sizes = {out_r: 0, err_r: 0, ch_r: 0}
-    open_fds = [out_r, err_r, ch_r]
-    deadline = t0 + req["timeout"]
-    timed_out = truncated = exited = False
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        r, _, _ = select.select(open_fds + [pidfd], [], [], left)
-        for fd in r:
-            if fd == pidfd:
-                exited = True
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                open_fds.remove(fd)
-                continue
-            bufs[fd].append(data)
-            sizes[fd] += len(data)
-        if sizes[out_r] + sizes[err_r] > cap or sizes[ch_r] > ch_cap:
-            truncated = True
-            break
-        if exited:
-            break
-    if exited and not truncated:
-        # drain what the program wrote before it exited (a daemon may keep the pipe open)
-        for fd in list(open_fds):
-            os.set_blocking(fd, False)
-            try:
-                while sizes[out_r] + sizes[err_r] <= cap:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        break
-                    bufs[fd].append(data); sizes[fd] += len(data)
-            except BlockingIOError:
-                pass
-    kill_rest(pid)
-    _, status = os.waitpid(pid, 0)
-    while True:  # reap everything the run left behind (orphans are re-parented to us)
-        try:
-            p, _ = os.waitpid(-1, os.WNOHANG if not PIDNS else 0)
-            if p == 0:
-                break
-        except ChildProcessError:
-            break
-    for fd in (out_r, err_r, ch_r, pidfd):
-        os.close(fd)
-    elapsed = time.monotonic() - t0
-    out = b"".join(bufs[out_r]); err = b"".join(bufs[err_r])
-    if len(out) > cap:
-        out = out[:cap]; truncated = True
-    if len(err) > max(0, cap - len(out)):
-        err = err[:max(0, cap - len(out))]; truncated = True
-    wipe(TMP)
-    wipe("/dev/shm")
-    dirty_after = dirty()
-    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-    if sig == signal.SIGXCPU:
-        timed_out = True
-    send({"exit_code": code, "signal": sig, "stdout": out.decode("utf-8", "replace"),
-          "stderr": err.decode("utf-8", "replace"), "timed_out": timed_out,
-          "output_truncated": truncated, "elapsed": elapsed,
-          "channel": b"".join(bufs[ch_r])[:ch_cap].hex(), "dirty": dirty_after})
-
-# Preload what tests commonly import (a fork then gets it for free), and record the classes
-# that exist before any untrusted code runs: the code harness trusts their dunders.
-import collections, fractions, decimal, datetime, heapq, math, re, itertools, functools, typing
-import ast, json
-import string, bisect, random, operator, copy, hashlib, array, cmath, statistics, fcntl, traceback
-_t = set()
-for _m in list(sys.modules.values()):
-    for _v in list(getattr(_m, "__dict__", {}).values()):
-        if isinstance(_v, type):
-            _t.add(_v)
-sys._rf_trusted = frozenset(_t)
-del _t, _m, _v
-send({"ready": os.getpid()})
-n = 0
-while True:
-    head = readn(4)
-    if head is None:
-        break
-    body = readn(struct.unpack("<I", head)[0])
-    if body is None:
-        break
-    n += 1
-    try:
-        run(json.loads(body), n)
-    except Exception as e:
-        send({"zygote_error": repr(e)})
-'''.replace("MARKER", MARKER)
 
 
 # ----------------------------------------------------------------------------------- cgroups
@@ -624,13 +339,6 @@ class Cgroup:
 
 
 # ----------------------------------------------------------------------------------- probe
-# Prints: pid (1 as pid 1), uid inside (65534) and the Seccomp mode (2 = filter). The host
-# uid cannot be read from inside (bubblewrap nests user namespaces): Sandbox._start checks it.
-_PROBE = r"""
-import os
-status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
-print(os.getpid(), os.getuid(), status.get("Seccomp", "?").strip())
-"""
 _probe_lock = threading.Lock()
 _probed: dict[tuple, dict] = {}
 
@@ -771,14 +479,11 @@ def probe(config: SandboxConfig) -> dict:
         layers: dict = {}
         import resource  # noqa: F401  (the rlimits layer is the resource module + setrlimit)
 
+        limit = str(1 << 30)
         try:
-            r = subprocess.run(
-                [sys.executable, "-I", "-S", "-c",
-                 "import resource as r; r.setrlimit(r.RLIMIT_AS,(1<<30,1<<30));"
-                 "r.setrlimit(r.RLIMIT_CORE,(0,0)); print(r.getrlimit(r.RLIMIT_AS)[0])"],
-                capture_output=True, text=True, timeout=30, env={},
-            )
-            if r.returncode != 0 or r.stdout.strip() != str(1 << 30):
+            r = subprocess.run([sys.executable, "-I", "-S", "-c", source("rlimits_probe.py"), limit],
+                               capture_output=True, text=True, timeout=30, env={})
+            if r.returncode != 0 or r.stdout.strip() != limit:
                 raise SandboxUnavailable("rlimits", f"setrlimit failed: {r.stderr.strip()[-300:]}")
         except OSError as e:
             raise SandboxUnavailable("rlimits", str(e)) from e
@@ -789,7 +494,7 @@ def probe(config: SandboxConfig) -> dict:
             raise SandboxUnavailable("bwrap", f"{config.bwrap_path} is not an executable file "
                                      "(install bubblewrap: apt-get install bubblewrap)")
         try:
-            argv, sfd = launch_argv(config, [config.interpreter(), "-I", "-S", "-B", "-c", _PROBE])
+            argv, sfd = launch_argv(config, [config.interpreter(), "-I", "-S", "-B", "-c", source("probe.py")])
         except SandboxUnavailable:
             raise
         except OSError as e:
@@ -828,6 +533,12 @@ def _proc_uids(pid: int) -> set[int]:
     except OSError:
         pass
     return set()
+
+
+def _zygote_argv(config: SandboxConfig) -> list[str]:
+    """The zygote's command line, less its last two arguments (pid namespace or not, work dir).
+    MARKER is its first argument, where tests look for stray zygotes (programs/zygote.py)."""
+    return [config.interpreter(), "-I", "-S", "-B", "-c", source("zygote.py"), MARKER]
 
 
 # ----------------------------------------------------------------------------------- sandbox
@@ -869,7 +580,7 @@ class Sandbox:
             import tempfile
 
             self._unsafe_tmp = tempfile.mkdtemp(prefix="rf-unsafe-")
-            argv = [cfg.interpreter(), "-I", "-S", "-B", "-c", _ZYGOTE, "0", self._unsafe_tmp]
+            argv = [*_zygote_argv(cfg), "0", self._unsafe_tmp]
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL, env=env,
                                           start_new_session=True, cwd=self._unsafe_tmp)
@@ -878,8 +589,7 @@ class Sandbox:
             # Enter the cgroup before exec'ing bwrap, so that nothing runs outside it; and give
             # bwrap + zygote OOM immunity (the zygote's children set theirs back to +1000).
             try:
-                argv, sfd = launch_argv(cfg, [cfg.interpreter(), "-I", "-S", "-B", "-c", _ZYGOTE, "1", "/tmp"],
-                                        self._cg.procs_files())
+                argv, sfd = launch_argv(cfg, [*_zygote_argv(cfg), "1", "/tmp"], self._cg.procs_files())
             except BaseException:
                 self._cg.remove()
                 self._cg = None

@@ -149,7 +149,7 @@ def deny_filter(machine: str | None = None) -> bytes:
     assert len(prog) == allow_at
     prog += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | _EPERM),
              (_RET_K, 0, 0, _RET_ERRNO | _ENOSYS)]
-    for code, jt, jf, k in prog:
+    for _code, jt, jf, _k in prog:
         if not (0 <= jt <= 255 and 0 <= jf <= 255):
             raise ValueError("seccomp program too long for 8-bit jumps")
     return b"".join(struct.pack("=HBBI", *ins) for ins in prog)

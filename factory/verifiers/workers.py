@@ -15,21 +15,23 @@ exit.
 
 A worker is any object with `conn` (a multiprocessing `Connection`), `pid`, `exitcode` and
 `kill()`; `ScriptWorker` runs a small stdlib-only Python script in a fresh interpreter (starts
-in tens of milliseconds, imports nothing of ours), math.py forks its workers from a forkserver
-preloaded with math-verify.
+in tens of milliseconds, imports nothing of ours; answers.py's regex worker), `ForkWorker` a
+function in a multiprocessing process (math.py forks its workers from a forkserver preloaded
+with math-verify). The programs they run are in programs/.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.process
 import os
 import socket
 import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Protocol
 
@@ -48,44 +50,86 @@ class Worker(Protocol):
     def kill(self) -> None: ...
 
 
-class ScriptWorker:
-    """`python -I -S -c script FD`: the script wraps FD in a `Connection`, sends ("ready", pid),
-    then answers one request per message. -I -S: no site-packages, no environment, no cwd on the
-    path, so the worker imports only the standard library and starts fast."""
+class _Started:
+    """What every worker here shares: a process `proc`, the start-up handshake (wait for its
+    ("ready", pid), else kill it) and the kill."""
 
-    def __init__(self, script: str, label: str, start_timeout_s: float = 30.0) -> None:
-        parent, child = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", script, str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
-            )
-        finally:
-            child.close()
-        self.conn = Connection(parent.detach())
-        try:
-            if not self.conn.poll(start_timeout_s):
-                raise TimeoutError(f"no sign of life within {start_timeout_s:g}s")
-            self.conn.recv()
-        except (EOFError, OSError) as e:
-            self.kill()
-            raise RuntimeError(f"{label} worker failed to start (exit code {self.proc.poll()}): {e!r}") from e
+    conn: Connection
+    proc: subprocess.Popen | multiprocessing.process.BaseProcess
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid
 
     @property
-    def exitcode(self) -> int | None:
-        return self.proc.poll()
+    def exitcode(self) -> int | None:  # None while it runs
+        raise NotImplementedError
+
+    def _reap(self) -> None:  # wait up to 10 s for the killed process
+        raise NotImplementedError
 
     def kill(self) -> None:
         try:
-            if self.proc.poll() is None:
+            if self.exitcode is None:
                 self.proc.kill()
-            self.proc.wait(10)
+            self._reap()
         finally:
             self.conn.close()
+
+    def _await_ready(self, label: str, timeout_s: float) -> None:
+        try:
+            if not self.conn.poll(timeout_s):
+                raise TimeoutError(f"no sign of life within {timeout_s:g}s")
+            self.conn.recv()
+        except (EOFError, OSError) as e:
+            self.kill()
+            raise RuntimeError(f"{label} worker failed to start (exit code {self.exitcode}): {e!r}") from e
+
+
+class ScriptWorker(_Started):
+    """`python -I -S -c script FD *args`: the script wraps FD in a `Connection`, sends ("ready",
+    pid), then answers one request per message; `args` carry its settings (programs/). -I -S: no
+    site-packages, no environment, no cwd on the path, so the worker imports only the standard
+    library and starts fast."""
+
+    def __init__(self, script: str, label: str, start_timeout_s: float = 30.0, args: Sequence[str] = ()) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", script, str(child.fileno()), *args],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+            )
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+        self._await_ready(label, start_timeout_s)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def _reap(self) -> None:
+        self.proc.wait(10)
+
+
+class ForkWorker(_Started):
+    """`target(conn, *args)` in a process of the multiprocessing context `ctx` (math.py: forked
+    from a forkserver preloaded with math-verify); it sends ("ready", pid) first, like a script."""
+
+    def __init__(self, ctx, target: Callable, args: tuple, label: str, start_timeout_s: float = 30.0) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=target, args=(child, *args), daemon=True, name=f"factory-{label}")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self._await_ready(label, start_timeout_s)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.exitcode
+
+    def _reap(self) -> None:
+        self.proc.join(10)
 
 
 class WorkerPool:
@@ -247,4 +291,4 @@ def default_size() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-__all__ = ["ScriptWorker", "SharedPool", "Worker", "WorkerPool", "default_size"]
+__all__ = ["ForkWorker", "ScriptWorker", "SharedPool", "Worker", "WorkerPool", "default_size"]

@@ -44,7 +44,7 @@ def test_one_digit_additions_do_not_repeat_until_all_81_are_used():
     assert len({r["problem"] for r in rows}) == 81
     assert rows[:5] != list(generate("addition", count=5, difficulty=1, seed=4))  # the seed picks the order
     assert list(generate("addition", count=3, difficulty=1, seed=3, start=81)) == [
-        {**a, "metadata": a["metadata"].replace('"index": %d' % i, '"index": %d' % (i + 81))} for i, a in enumerate(rows[:3])
+        {**a, "metadata": a["metadata"].replace(f'"index": {i}', f'"index": {i + 81}')} for i, a in enumerate(rows[:3])
     ]
 
 
