@@ -1,4 +1,4 @@
-"""GRPO: the loss functions and the recipe (R1-Zero-style RL with the factory's verifiers as rewards).
+"""GRPO: the recipe (R1-Zero-style RL with the factory's verifiers as rewards).
 
     torchrun --nproc-per-node 2 -m trainer.grpo recipes/train/grpo_tiny.yaml
     factory train grpo recipes/train/grpo_tiny.yaml            # the same, through the CLI
@@ -11,23 +11,13 @@ turn rewards into group-normalised advantages, drop groups whose rewards do not 
 sampling, DAPO) and refill from further prompts, then make `num_iterations` policy updates on
 that generation batch, each over `micro_batch_size` rows at a time with gradient accumulation.
 
-The loss, per completion token t of completion i (TRL's GRPOTrainer and the DAPO paper):
-
-    ratio    = exp(logp - logp_old)                   logp at temperature T: log_softmax(logits / T)
-    clipped  = clamp(ratio, 1 - eps_low, 1 + eps_high)   (eps_high defaults to eps_low)
-    loss_it  = -min(ratio * A_i, clipped * A_i) + beta * k3(logp, logp_ref)
-    k3       = exp(ref - logp) - (ref - logp) - 1     (beta = 0: no reference model is loaded)
-
-and the per-token losses are aggregated by `loss_type`:
-- `grpo`: mean over completions of each completion's token mean (the original GRPO);
-- `bnpo`: token mean over each micro-batch, then mean over micro-batches (TRL's bnpo: it
-  depends on how the batch is cut, by definition; the others do not);
-- `dr_grpo`: token sum / (completions x max_completion_length) (Dr. GRPO: no length bias);
-- `dapo`: token sum / tokens of the whole generation batch, all ranks (DAPO's token-level loss).
-The normalisers come from the whole optimizer step (all micro-batches, all ranks), so the loss and
-its gradient are the same whether a batch runs whole, in micro-batches with accumulation, or split
-over processes (tests/trainer/test_grpo_invariance.py); TRL's `grpo` and `dr_grpo` divide by the
-micro-batch instead and only agree when micro-batches are of equal size.
+The loss and the advantages are trainer/losses.py's (`grpo_loss`, `group_advantages`; the formulas
+and the `loss_type` aggregations grpo | bnpo | dr_grpo | dapo are written out there); this module
+is the recipe around them. The loss's normalisers come from the whole optimizer step (all
+micro-batches, all ranks), so the loss and its gradient are the same whether a batch runs whole,
+in micro-batches with accumulation, or split over processes (tests/trainer/test_grpo_invariance.py);
+TRL's `grpo` and `dr_grpo` divide by the micro-batch instead and only agree when micro-batches are
+of equal size.
 
 Advantages: (r - mean_group) / (std + 1e-4) with std the Bessel-corrected std of the group
 (`scale_rewards: group`), of the whole batch over all ranks (`batch`, TRL's scale_rewards="batch")
@@ -107,141 +97,18 @@ from .config import (
     Section,
     load_yaml,
 )
+from .losses import ADV_EPS, LossType, completion_logps, group_advantages, grpo_loss, zero_std_groups
+
+# Re-exported (the `as` says so): they were defined here before the loss math moved to losses.py.
+from .losses import LOSS_TYPES as LOSS_TYPES
+from .losses import clipped_ratio as clipped_ratio
+from .losses import kl_k3 as kl_k3
+from .losses import token_logps as token_logps
 from .rewards import RewardConfig, Scorer
 from .rollout import RolloutConfig, make_rollout_engine, run_with_timeout
 
 log = logging.getLogger(__name__)
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
-LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
-ADV_EPS = 1e-4  # TRL's and the GRPO paper's guard against a zero std
-
-
-# --- the loss functions ------------------------------------------------------------------------
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = ADV_EPS) -> torch.Tensor:
-    """Group-normalised advantages of rewards laid out group after group ([g0 s0, g0 s1, ..., g1 s0, ...]).
-
-    scale: `group` divides by each group's std (Bessel-corrected), `batch` by the std of all
-    rewards, `none` only centres. [1, 0, 0, 1] in a group of 4 gives +/-0.865875.
-    """
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    grouped = rewards.view(-1, group_size)
-    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
-    if scale == "group":
-        std = grouped.std(dim=1).repeat_interleave(group_size)
-    elif scale == "batch":
-        std = rewards.std().expand_as(rewards)
-    elif scale == "none":
-        return centred
-    else:
-        raise ValueError(f"scale {scale!r}: expected group, batch or none")
-    return centred / (std + eps)
-
-
-def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """A bool per group: its rewards are all equal (no learning signal; dynamic sampling drops it)."""
-    grouped = rewards.view(-1, group_size)
-    return (grouped.max(dim=1).values - grouped.min(dim=1).values).abs() < 1e-12
-
-
-def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of `ids` under `logits / temperature` (same leading shape), and the
-    entropy of each position's distribution. Computed in fp32; the logits are multiplied by 1/T
-    (as TRL's fused head and vLLM do), which rounds differently from dividing by T."""
-    logp_all = torch.log_softmax(logits.float() * (1.0 / temperature), dim=-1)
-    logps = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
-
-
-def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logps, entropy) of the last `completion_len` tokens of each row of `input_ids` (prompt then
-    completion), from one forward pass that keeps only the logits it needs."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=completion_len + 1, use_cache=False)
-    logits = out.logits[:, :-1]  # the logit at position p predicts token p + 1
-    return token_logps(logits, input_ids[:, -completion_len:], temperature)
-
-
-def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(policy || ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
-    d = ref_logps - logps
-    return torch.exp(d) - d - 1
-
-
-def clipped_ratio(logps: torch.Tensor, old_logps: torch.Tensor, epsilon_low: float, epsilon_high: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ratio, clamped ratio): exp(logp - logp_old), and it clamped to [1 - eps_low, 1 + eps_high]."""
-    eps_high = epsilon_low if epsilon_high is None else epsilon_high
-    ratio = torch.exp(logps - old_logps)
-    return ratio, torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
-
-
-def grpo_loss(
-    logps: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    old_logps: torch.Tensor | None = None,
-    ref_logps: torch.Tensor | None = None,
-    loss_type: str = "dapo",
-    epsilon_low: float = 0.2,
-    epsilon_high: float | None = None,
-    beta: float = 0.0,
-    max_completion_length: int | None = None,
-    num_sequences: int | None = None,
-    num_tokens: float | None = None,
-    num_chunks: int = 1,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """This micro-batch's share of the GRPO loss, and sums for the metrics.
-
-    logps, old_logps, ref_logps, mask: (B, T) over completion tokens; advantages: (B,).
-    `old_logps` None: the rollout policy is the current one (one update per generation), ratio 1
-    in value but with the gradient of logp. `num_sequences` / `num_tokens`: the completions and
-    completion tokens of the whole optimizer step (all micro-batches, all ranks); None: this
-    micro-batch's own (the batch is processed whole). `num_chunks`: micro-batches x ranks in the
-    step (only `bnpo` uses it). Summing the returned losses over the step's micro-batches and
-    ranks gives the loss of the whole batch.
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type {loss_type!r}: expected one of {LOSS_TYPES}")
-    mask = mask.to(logps.dtype)
-    if old_logps is None:
-        old_logps = logps.detach()
-    adv = advantages.to(logps.dtype).unsqueeze(1)
-    ratio, clipped = clipped_ratio(logps, old_logps, epsilon_low, epsilon_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)
-    kl = None
-    if beta != 0.0:
-        if ref_logps is None:
-            raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
-        kl = kl_k3(logps, ref_logps)
-        per_token = per_token + beta * kl
-    n_seq = logps.size(0) if num_sequences is None else num_sequences
-    if loss_type == "grpo":
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n_seq
-    elif loss_type == "bnpo":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0) / num_chunks
-    elif loss_type == "dr_grpo":
-        if not max_completion_length:
-            raise ValueError("dr_grpo needs max_completion_length")
-        loss = (per_token * mask).sum() / (n_seq * max_completion_length)
-    else:  # dapo
-        n_tok = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
-        loss = (per_token * mask).sum() / n_tok
-    with torch.no_grad():
-        eps_high = epsilon_low if epsilon_high is None else epsilon_high
-        low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
-        high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype) * mask
-        stats = {
-            "tokens": float(mask.sum()),
-            "clip_low": float(low.sum()),
-            "clip_high": float(high.sum()),
-            "kl": float((kl * mask).sum()) if kl is not None else 0.0,
-        }
-    return loss, stats
 
 
 # --- the recipe --------------------------------------------------------------------------------
@@ -431,9 +298,8 @@ class RolloutBatch:
         return self.prompt_ids.size(0)
 
     def rows(self, start: int, end: int) -> RolloutBatch:
-        cut = lambda t: None if t is None else t[start:end]
-        return RolloutBatch(*(cut(getattr(self, f)) for f in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                                                               "advantages", "old_logps", "ref_logps")))
+        fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "old_logps", "ref_logps")
+        return RolloutBatch(*(None if getattr(self, f) is None else getattr(self, f)[start:end] for f in fields))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([self.prompt_ids, self.completion_ids], 1), torch.cat([self.prompt_mask, self.completion_mask], 1)
