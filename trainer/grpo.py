@@ -13,11 +13,12 @@ that generation batch, each over `micro_batch_size` rows at a time with gradient
 
 The loss and the advantages are trainer/losses.py's (`grpo_loss`, `group_advantages`; the formulas
 and the `loss_type` aggregations grpo | bnpo | dr_grpo | dapo are written out there); this module
-is the recipe around them. The loss's normalisers come from the whole optimizer step (all
-micro-batches, all ranks), so the loss and its gradient are the same whether a batch runs whole,
-in micro-batches with accumulation, or split over processes (tests/trainer/test_grpo_invariance.py);
-TRL's `grpo` and `dr_grpo` divide by the micro-batch instead and only agree when micro-batches are
-of equal size.
+is the recipe around them. The optimizer and LR schedule are trainer/optim.py's, as SFT's (AdamW,
+`optim.weight_decay` on matrices only). The loss's normalisers come from the whole optimizer
+step (all micro-batches, all ranks), so the loss and its gradient are the same whether a batch
+runs whole, in micro-batches with accumulation, or split over processes
+(tests/trainer/test_grpo_invariance.py); TRL's `grpo` and `dr_grpo` divide by the micro-batch
+instead and only agree when micro-batches are of equal size.
 
 Advantages: (r - mean_group) / (std + 1e-4) with std the Bessel-corrected std of the group
 (`scale_rewards: group`), of the whole batch over all ranks (`batch`, TRL's scale_rewards="batch")
@@ -104,6 +105,7 @@ from .losses import LOSS_TYPES as LOSS_TYPES
 from .losses import clipped_ratio as clipped_ratio
 from .losses import kl_k3 as kl_k3
 from .losses import token_logps as token_logps
+from .optim import build_optimizer, build_scheduler, clip_gradients
 from .rewards import RewardConfig, Scorer
 from .rollout import RolloutConfig, make_rollout_engine, run_with_timeout
 
@@ -363,19 +365,6 @@ def accumulate_gradients(model, batch: RolloutBatch, g: GRPOSection, *, temperat
 # -- the training loop ---------------------------------------------------------------------------
 
 
-def _lr_lambda(optim: OptimConfig, total: int):
-    def f(step: int) -> float:
-        if optim.warmup_steps and step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
-
-    return f
-
-
 def _reduce_max(value: int, env, timeout_s: float) -> int:
     """The largest `value` over the ranks (under the collective deadline)."""
     if not env.distributed:
@@ -459,9 +448,8 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
         ref_model = shard_model(ref_model, env, config.distributed, trainable=False)
     scorer = Scorer(config.rewards)  # its cache is not checkpointed: rewards are pure functions of the sample
     params = [p for p in model.parameters() if p.requires_grad]
-    o = config.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(o, g.max_steps))
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, g.max_steps)
     stream = PromptStream(read_prompts(config.prompts), g.seed, env.rank, env.world_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out_dir = Path(config.output_dir)
@@ -589,8 +577,7 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
                 )
                 if env.distributed and not fsdp:  # strategy none: sum the ranks' gradients here
                     _all_reduce_grads(params, env, ro.sync_timeout_s)
-                max_norm = o.max_grad_norm if o.max_grad_norm is not None else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                grad_norm = clip_gradients(params, config.optim.max_grad_norm)
                 optimizer.step()
             scheduler.step()
             t_train = time.perf_counter() - t0

@@ -15,7 +15,8 @@ Why the gradient is multiplied by the world size: FSDP2 averages gradients over 
 loss is already divided by the global denominator, so the average must be undone to get the
 sum. Micro-batches of one rank accumulate without gradient sync until the last one.
 
-`build_optimizer` and `build_scheduler` are public for the other recipes (GRPO).
+The optimizer, schedule and clipping are trainer/optim.py's, shared with GRPO (`build_optimizer` and
+`build_scheduler` stay importable from here).
 
 Not covered: gradient-accumulation across steps of different denominators (a step is the unit),
 dynamic batch sizes, EMA weights.
@@ -24,7 +25,6 @@ dynamic batch sizes, EMA weights.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -37,10 +37,10 @@ import torch
 from storage.errors import BadInput
 
 from .checkpoint import export_hf, find_resume_point, load_checkpoint, save_checkpoint, upload_checkpoint
-from .config import OptimConfig
 from .data import Example
 from .distributed import DistEnv, all_reduce_sum, autocast, uses_fsdp
 from .metrics import MetricsWriter
+from .optim import build_optimizer, build_scheduler, clip_gradients
 from .packing import Batch, collate, plan_steps, step_weights
 
 log = logging.getLogger(__name__)
@@ -55,38 +55,6 @@ class LossOut:
 
 
 LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor, list[list[Example]], int], LossOut]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (no weight decay on biases and norms)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine/linear decay to min_lr_ratio (or constant) over total_steps."""
-
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        span = max(total_steps - cfg.warmup_steps, 1)
-        progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def grad_norm_of(norm: torch.Tensor) -> float:
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
-        norm = norm.full_tensor()
-    return float(norm)
 
 
 def seed_everything(seed: int, env: DistEnv) -> None:
@@ -166,8 +134,7 @@ def fit(
                 flags[k] = max(flags.get(k, v), v)
             tokens += batch.n_tokens
             slots += batch.n_slots
-        max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm is not None else float("inf")
-        norm = grad_norm_of(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = clip_gradients(params, config.optim.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
