@@ -15,10 +15,12 @@ Shared pieces, with stable APIs the recipes import:
 - data.py: rows from a lake dataset / SELECT / JSONL, chat-template tokenisation with the loss on
   the assistant turn, the template lint.
 - packing.py: best-fit-decreasing packing, the deterministic step plan, `collate`.
-- losses.py: token NLL and weighting, forward/reverse KL, generalized JSD, sparse KD.
+- losses.py: token NLL and weighting, forward/reverse KL, generalized JSD, sparse KD, the GRPO
+  loss and advantages.
 - distributed.py: `init_distributed` (torchrun env; gloo on CPU, nccl on CUDA), `shard_model`
   (FSDP2 fully_shard, bf16 MixedPrecisionPolicy, activation checkpointing).
-- loop.py: `fit` (the SFT/KD loop), `build_optimizer`, `build_scheduler`.
+- optim.py: `build_optimizer` (AdamW, no decay on biases/norms), `build_scheduler`, `clip_gradients`.
+- loop.py: `fit` (the SFT/KD loop).
 - checkpoint.py: `save_checkpoint` / `load_checkpoint` (DCP model+optimizer, scheduler, RNG,
   data position; mirrored to the artifact store, local or S3), `export_hf`.
 - metrics.py: `MetricsWriter` (metrics.csv + TensorBoard), `read_metrics`.

@@ -94,10 +94,11 @@ class DataConfig(Section):
 
 
 class OptimConfig(Section):
-    """AdamW with warmup then a cosine, linear or constant schedule."""
+    """AdamW with warmup then a cosine, linear or constant schedule (trainer/optim.py builds both,
+    the same for every recipe)."""
 
     lr: float = 2e-5
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # on matrices only: biases and norm weights are never decayed
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     warmup_steps: int = 0

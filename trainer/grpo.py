@@ -1,4 +1,4 @@
-"""GRPO: the loss functions and the recipe (R1-Zero-style RL with the factory's verifiers as rewards).
+"""GRPO: the recipe (R1-Zero-style RL with the factory's verifiers as rewards).
 
     torchrun --nproc-per-node 2 -m trainer.grpo recipes/train/grpo_tiny.yaml
     factory train grpo recipes/train/grpo_tiny.yaml            # the same, through the CLI
@@ -10,23 +10,15 @@ trained (trainer/rollout.py), score them with weighted reward functions (trainer
 turn rewards into group-normalised advantages, drop groups whose rewards do not vary (dynamic
 sampling, DAPO) and refill from further prompts, then make `num_iterations` policy updates on
 that generation batch, each over `micro_batch_size` rows at a time with gradient accumulation.
+`train` reads as those steps: `_start`, `_resume`, `_start_engine`, then per step `_collect_groups`
+(dynamic sampling), `_advantages`, `_update`, `_step_metrics`, and `_save` when a checkpoint is due.
 
-The loss, per completion token t of completion i (TRL's GRPOTrainer and the DAPO paper):
-
-    ratio    = exp(logp - logp_old)                   logp at temperature T: log_softmax(logits / T)
-    clipped  = clamp(ratio, 1 - eps_low, 1 + eps_high)   (eps_high defaults to eps_low)
-    loss_it  = -min(ratio * A_i, clipped * A_i) + beta * k3(logp, logp_ref)
-    k3       = exp(ref - logp) - (ref - logp) - 1     (beta = 0: no reference model is loaded)
-
-and the per-token losses are aggregated by `loss_type`:
-- `grpo`: mean over completions of each completion's token mean (the original GRPO);
-- `bnpo`: token mean over each micro-batch, then mean over micro-batches (TRL's bnpo: it
-  depends on how the batch is cut, by definition; the others do not);
-- `dr_grpo`: token sum / (completions x max_completion_length) (Dr. GRPO: no length bias);
-- `dapo`: token sum / tokens of the whole generation batch, all ranks (DAPO's token-level loss).
-The normalisers come from the whole optimizer step (all micro-batches, all ranks), so the loss and
-its gradient are the same whether a batch runs whole, in micro-batches with accumulation, or split
-over processes (tests/trainer/test_grpo_invariance.py); TRL's `grpo` and `dr_grpo` divide by the
+The loss and the advantages are trainer/losses.py's (`grpo_loss`, `group_advantages`; the formulas
+and the `loss_type` aggregations grpo | bnpo | dr_grpo | dapo are written out there); this module
+is the recipe around them. The optimizer and LR schedule are trainer/optim.py's, as SFT's (AdamW,
+`optim.weight_decay` on matrices only). The loss's normalisers come from the whole optimizer
+step (all micro-batches, all ranks), so the loss and its gradient are the same whether a batch
+runs whole, in micro-batches with accumulation, or split over processes (tests/trainer/test_grpo_invariance.py); TRL's `grpo` and `dr_grpo` divide by the
 micro-batch instead and only agree when micro-batches are of equal size.
 
 Advantages: (r - mean_group) / (std + 1e-4) with std the Bessel-corrected std of the group
@@ -80,9 +72,9 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -107,141 +99,22 @@ from .config import (
     Section,
     load_yaml,
 )
+from .losses import ADV_EPS, LossType, completion_logps, group_advantages, grpo_loss, zero_std_groups
+
+# Re-exported (the `as` says so): they were defined here before the loss math moved to losses.py.
+from .losses import LOSS_TYPES as LOSS_TYPES
+from .losses import clipped_ratio as clipped_ratio
+from .losses import kl_k3 as kl_k3
+from .losses import token_logps as token_logps
+from .optim import build_optimizer, build_scheduler, clip_gradients
 from .rewards import RewardConfig, Scorer
-from .rollout import RolloutConfig, make_rollout_engine, run_with_timeout
+from .rollout import RolloutConfig, RolloutEngine, make_rollout_engine, run_with_timeout
+
+if TYPE_CHECKING:
+    from .distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
-LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
-ADV_EPS = 1e-4  # TRL's and the GRPO paper's guard against a zero std
-
-
-# --- the loss functions ------------------------------------------------------------------------
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = ADV_EPS) -> torch.Tensor:
-    """Group-normalised advantages of rewards laid out group after group ([g0 s0, g0 s1, ..., g1 s0, ...]).
-
-    scale: `group` divides by each group's std (Bessel-corrected), `batch` by the std of all
-    rewards, `none` only centres. [1, 0, 0, 1] in a group of 4 gives +/-0.865875.
-    """
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    grouped = rewards.view(-1, group_size)
-    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
-    if scale == "group":
-        std = grouped.std(dim=1).repeat_interleave(group_size)
-    elif scale == "batch":
-        std = rewards.std().expand_as(rewards)
-    elif scale == "none":
-        return centred
-    else:
-        raise ValueError(f"scale {scale!r}: expected group, batch or none")
-    return centred / (std + eps)
-
-
-def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """A bool per group: its rewards are all equal (no learning signal; dynamic sampling drops it)."""
-    grouped = rewards.view(-1, group_size)
-    return (grouped.max(dim=1).values - grouped.min(dim=1).values).abs() < 1e-12
-
-
-def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of `ids` under `logits / temperature` (same leading shape), and the
-    entropy of each position's distribution. Computed in fp32; the logits are multiplied by 1/T
-    (as TRL's fused head and vLLM do), which rounds differently from dividing by T."""
-    logp_all = torch.log_softmax(logits.float() * (1.0 / temperature), dim=-1)
-    logps = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
-
-
-def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logps, entropy) of the last `completion_len` tokens of each row of `input_ids` (prompt then
-    completion), from one forward pass that keeps only the logits it needs."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=completion_len + 1, use_cache=False)
-    logits = out.logits[:, :-1]  # the logit at position p predicts token p + 1
-    return token_logps(logits, input_ids[:, -completion_len:], temperature)
-
-
-def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(policy || ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
-    d = ref_logps - logps
-    return torch.exp(d) - d - 1
-
-
-def clipped_ratio(logps: torch.Tensor, old_logps: torch.Tensor, epsilon_low: float, epsilon_high: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ratio, clamped ratio): exp(logp - logp_old), and it clamped to [1 - eps_low, 1 + eps_high]."""
-    eps_high = epsilon_low if epsilon_high is None else epsilon_high
-    ratio = torch.exp(logps - old_logps)
-    return ratio, torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
-
-
-def grpo_loss(
-    logps: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    old_logps: torch.Tensor | None = None,
-    ref_logps: torch.Tensor | None = None,
-    loss_type: str = "dapo",
-    epsilon_low: float = 0.2,
-    epsilon_high: float | None = None,
-    beta: float = 0.0,
-    max_completion_length: int | None = None,
-    num_sequences: int | None = None,
-    num_tokens: float | None = None,
-    num_chunks: int = 1,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """This micro-batch's share of the GRPO loss, and sums for the metrics.
-
-    logps, old_logps, ref_logps, mask: (B, T) over completion tokens; advantages: (B,).
-    `old_logps` None: the rollout policy is the current one (one update per generation), ratio 1
-    in value but with the gradient of logp. `num_sequences` / `num_tokens`: the completions and
-    completion tokens of the whole optimizer step (all micro-batches, all ranks); None: this
-    micro-batch's own (the batch is processed whole). `num_chunks`: micro-batches x ranks in the
-    step (only `bnpo` uses it). Summing the returned losses over the step's micro-batches and
-    ranks gives the loss of the whole batch.
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type {loss_type!r}: expected one of {LOSS_TYPES}")
-    mask = mask.to(logps.dtype)
-    if old_logps is None:
-        old_logps = logps.detach()
-    adv = advantages.to(logps.dtype).unsqueeze(1)
-    ratio, clipped = clipped_ratio(logps, old_logps, epsilon_low, epsilon_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)
-    kl = None
-    if beta != 0.0:
-        if ref_logps is None:
-            raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
-        kl = kl_k3(logps, ref_logps)
-        per_token = per_token + beta * kl
-    n_seq = logps.size(0) if num_sequences is None else num_sequences
-    if loss_type == "grpo":
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n_seq
-    elif loss_type == "bnpo":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0) / num_chunks
-    elif loss_type == "dr_grpo":
-        if not max_completion_length:
-            raise ValueError("dr_grpo needs max_completion_length")
-        loss = (per_token * mask).sum() / (n_seq * max_completion_length)
-    else:  # dapo
-        n_tok = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
-        loss = (per_token * mask).sum() / n_tok
-    with torch.no_grad():
-        eps_high = epsilon_low if epsilon_high is None else epsilon_high
-        low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
-        high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype) * mask
-        stats = {
-            "tokens": float(mask.sum()),
-            "clip_low": float(low.sum()),
-            "clip_high": float(high.sum()),
-            "kl": float((kl * mask).sum()) if kl is not None else 0.0,
-        }
-    return loss, stats
 
 
 # --- the recipe --------------------------------------------------------------------------------
@@ -431,9 +304,8 @@ class RolloutBatch:
         return self.prompt_ids.size(0)
 
     def rows(self, start: int, end: int) -> RolloutBatch:
-        cut = lambda t: None if t is None else t[start:end]
-        return RolloutBatch(*(cut(getattr(self, f)) for f in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                                                               "advantages", "old_logps", "ref_logps")))
+        fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "old_logps", "ref_logps")
+        return RolloutBatch(*(None if getattr(self, f) is None else getattr(self, f)[start:end] for f in fields))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([self.prompt_ids, self.completion_ids], 1), torch.cat([self.prompt_mask, self.completion_mask], 1)
@@ -497,19 +369,6 @@ def accumulate_gradients(model, batch: RolloutBatch, g: GRPOSection, *, temperat
 # -- the training loop ---------------------------------------------------------------------------
 
 
-def _lr_lambda(optim: OptimConfig, total: int):
-    def f(step: int) -> float:
-        if optim.warmup_steps and step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
-
-    return f
-
-
 def _reduce_max(value: int, env, timeout_s: float) -> int:
     """The largest `value` over the ranks (under the collective deadline)."""
     if not env.distributed:
@@ -565,22 +424,131 @@ def _gather_objects(obj, env, timeout_s: float) -> list:
     return box
 
 
+@dataclass
+class Generation:
+    """One step's generation batch as dynamic sampling builds it, round after round, and the
+    statistics of every completion generated on the way (refills included)."""
+
+    kept: list[tuple[dict, list, list[float]]] = field(default_factory=list)  # (row, completions, rewards), informative
+    spare: list[tuple[dict, list, list[float]]] = field(default_factory=list)  # zero-std groups dynamic sampling set aside
+    per_fn: dict[str, list[float]] = field(default_factory=dict)  # each reward function's values
+    rewards: list[float] = field(default_factory=list)  # total rewards
+    lengths: list[int] = field(default_factory=list)  # completion tokens
+    truncated: int = 0  # completions cut by the length limit
+    zero_std_first: float | None = None  # the share of zero-std groups in the first round
+    rounds: int = 0
+    t_gen: float = 0.0
+    t_score: float = 0.0
+
+    def add_round(self, rows: list[dict], results: list[list], scored, group_size: int, dynamic_sampling: bool) -> None:
+        """Record a round's groups (`results[i]`: the completions of `rows[i]`, `scored`: their
+        rewards): informative ones are kept, zero-std ones too unless dynamic sampling sets them aside."""
+        for name, vals in scored.per_function.items():
+            self.per_fn.setdefault(name, []).extend(vals)
+        self.rewards.extend(scored.total)
+        for c in (c for comps in results for c in comps):
+            self.lengths.append(c.completion_tokens or 0)
+            self.truncated += c.finish_reason == "length"
+        rewards = torch.tensor(scored.total).view(len(rows), group_size)
+        flat = zero_std_groups(rewards.view(-1), group_size)
+        if self.zero_std_first is None:
+            self.zero_std_first = float(flat.float().mean())
+        for i, (r, comps) in enumerate(zip(rows, results)):
+            item = (r, comps, rewards[i].tolist())
+            if dynamic_sampling and bool(flat[i]):
+                self.spare.append(item)
+            else:
+                self.kept.append(item)
+        self.rounds += 1
+
+    def fill(self, groups: int) -> None:
+        """Keep `groups` groups: short of informative ones after the refills, fill with flat ones (zero advantage)."""
+        self.kept = (self.kept + self.spare)[:groups]
+
+    def kept_rewards(self) -> torch.Tensor:
+        return torch.tensor([x for _, _, rw in self.kept for x in rw])
+
+
+@dataclass
+class _Run:
+    """What a GRPO run holds from step to step (built by `_start`)."""
+
+    config: Config
+    env: DistEnv
+    tokenizer: object
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    ref_print: list[float] | None  # the reference model's fingerprint, checked on resume
+    fsdp: bool
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scorer: Scorer
+    stream: PromptStream
+    pad_id: int
+    groups_per_rank: int
+    engine: RolloutEngine | None = None  # the rollout engine, made after the resume (it may need the resumed weights)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def prefix(self) -> str:
+        """Where checkpoints go in the artifact store."""
+        return self.config.checkpoint.prefix or f"checkpoints/{self.out_dir.name}"
+
+
 def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
     """Run GRPO as `config` says, resuming from the newest checkpoint when there is one (and
     `checkpoint.resume`); returns the metrics of the steps this call ran and where the model went.
     `stop_after_steps`: stop after that step (counted from the run's start, resumed steps
     included), with a checkpoint to resume from."""
-    from .distributed import close_distributed, init_distributed, shard_model, uses_fsdp
+    from .distributed import close_distributed
     from .metrics import MetricsWriter
+
+    g, ck = config.grpo, config.checkpoint
+    run = _start(config)
+    start, resumed_from = _resume(run)
+    _start_engine(run, start)
+    history: list[dict] = []
+    last = min(g.max_steps, stop_after_steps or g.max_steps)
+    done = start
+    run.model.train()
+    with MetricsWriter(run.out_dir, tensorboard=config.metrics.tensorboard, enabled=run.env.is_main, resume_step=start) as metrics:
+        for step in range(start + 1, last + 1):
+            row = _step(run, step)
+            metrics.log(step, row)
+            history.append(row)
+            done = step
+            # After the metrics row: a run killed before COMPLETE resumes from the previous
+            # checkpoint, and the writer then drops this step's row (no duplicate steps).
+            if (ck.every_steps and step % ck.every_steps == 0) or step == last:
+                _save(run, step, row)
+    exported = None
+    if config.export_hf and ck.export_hf:
+        exported = export_hf(run.model, run.tokenizer, run.out_dir / "hf", run.env)
+    run.engine.close()
+    close_distributed()
+    return {"steps": len(history), "step": done, "stopped_early": done < g.max_steps, "resumed_from": resumed_from,
+            "history": history, "output_dir": str(run.out_dir), "exported": str(exported) if exported else None}
+
+
+# -- the steps of train, in the order it runs them ------------------------------------------------
+
+
+def _start(config: Config) -> _Run:
+    """Seed, build the policy (sharded), the frozen reference when beta > 0, the optimizer and
+    schedule (trainer/optim.py, as SFT's), the scorer and this rank's prompt stream."""
+    from .distributed import init_distributed, shard_model, uses_fsdp
     from .model import build_model, load_tokenizer
 
     env = init_distributed(config.distributed)
-    g, ro, ck = config.grpo, config.rollout, config.checkpoint
+    g = config.grpo
     torch.manual_seed(g.seed)
     random.seed(g.seed + env.rank)
     if g.prompts_per_step % env.world_size:
         raise BadInput(f"grpo.prompts_per_step {g.prompts_per_step}: expected a multiple of the world size {env.world_size}")
-    groups_per_rank = g.prompts_per_step // env.world_size
     tokenizer = load_tokenizer(config.model.tokenizer_path())
     model = build_model(config.model, tokenizer, env.device)
     ref_model = ref_print = None
@@ -593,195 +561,207 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict:
         ref_model = shard_model(ref_model, env, config.distributed, trainable=False)
     scorer = Scorer(config.rewards)  # its cache is not checkpointed: rewards are pure functions of the sample
     params = [p for p in model.parameters() if p.requires_grad]
-    o = config.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(o, g.max_steps))
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, g.max_steps)
     stream = PromptStream(read_prompts(config.prompts), g.seed, env.rank, env.world_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out_dir = Path(config.output_dir)
-    ckpt_root = out_dir / "checkpoints"
-    prefix = ck.prefix or f"checkpoints/{out_dir.name}"
-    start = 0
-    resumed_from = None
-    if ck.resume:
-        path = find_resume_point(ckpt_root, ck.store, prefix, env)
-        if path is not None:
-            state = load_checkpoint(path, model, optimizer, scheduler, env)
-            start, resumed_from = int(state["step"]), str(path)
-            saved_print = state.get("reference_fingerprint")
-            if ref_print is not None and saved_print is not None and not all(
-                    math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in zip(ref_print, saved_print)):
-                raise BadInput(f"checkpoint {path}: the reference model rebuilt from `model` differs from the run's initial "
-                               "policy: expected the same model.path / init_seed as when the run started")
-            streams = state.get("prompt_streams")
-            if not streams:
-                raise BadInput(f"checkpoint {path}: no prompt-stream state: expected a checkpoint written by trainer.grpo "
-                               "(another recipe's output_dir?), or checkpoint.resume: false")
-            if len(streams) != env.world_size:
-                raise BadInput(f"checkpoint {path}: saved by {len(streams)} rank(s), resumed on {env.world_size}: "
-                               "expected the same world size (each rank's prompt stream is saved)")
-            stream.restore(streams[env.rank])
-            saved_grpo = state.get("grpo") or {}
-            now = {**g.model_dump(mode="json"), "max_steps": saved_grpo.get("max_steps")}
-            if saved_grpo and saved_grpo != now:
-                log.warning("%s: the grpo section differs from the checkpointed run's; the resumed curve will not be the "
-                            "uninterrupted one", path)
-    engine = make_rollout_engine(ro, model, tokenizer, model_path=config.model.path, device=env.device)
-    if fsdp and hasattr(engine.teacher, "synced_gpus"):
-        engine.teacher.synced_gpus = True  # every rank must run the same number of forward passes
+    return _Run(config, env, tokenizer, model, ref_model, ref_print, fsdp, params, optimizer, scheduler, scorer, stream, pad_id,
+               groups_per_rank=g.prompts_per_step // env.world_size)
+
+
+def _resume(run: _Run) -> tuple[int, str | None]:
+    """(the step to start from, the checkpoint it comes from): the newest checkpoint's policy,
+    optimizer, scheduler, RNG and prompt stream restored, or (0, None)."""
+    ck = run.config.checkpoint
+    if not ck.resume:
+        return 0, None
+    path = find_resume_point(run.out_dir / "checkpoints", ck.store, run.prefix, run.env)
+    if path is None:
+        return 0, None
+    state = load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.env)
+    _restore_prompts(run, path, state)
+    return int(state["step"]), str(path)
+
+
+def _restore_prompts(run: _Run, path, state: dict) -> None:
+    """Continue this rank's prompt stream from the checkpoint; BadInput when the checkpoint cannot
+    continue this run (another reference model, no prompt streams: another recipe's checkpoint,
+    another world size), a warning when the grpo section changed."""
+    saved_print = state.get("reference_fingerprint")
+    if run.ref_print is not None and saved_print is not None and not all(
+            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in zip(run.ref_print, saved_print)):
+        raise BadInput(f"checkpoint {path}: the reference model rebuilt from `model` differs from the run's initial "
+                       "policy: expected the same model.path / init_seed as when the run started")
+    streams = state.get("prompt_streams")
+    if not streams:
+        raise BadInput(f"checkpoint {path}: no prompt-stream state: expected a checkpoint written by trainer.grpo "
+                       "(another recipe's output_dir?), or checkpoint.resume: false")
+    if len(streams) != run.env.world_size:
+        raise BadInput(f"checkpoint {path}: saved by {len(streams)} rank(s), resumed on {run.env.world_size}: "
+                       "expected the same world size (each rank's prompt stream is saved)")
+    run.stream.restore(streams[run.env.rank])
+    saved_grpo = state.get("grpo") or {}
+    now = {**run.config.grpo.model_dump(mode="json"), "max_steps": saved_grpo.get("max_steps")}
+    if saved_grpo and saved_grpo != now:
+        log.warning("%s: the grpo section differs from the checkpointed run's; the resumed curve will not be the "
+                    "uninterrupted one", path)
+
+
+def _start_engine(run: _Run, start: int) -> None:
+    """The rollout engine, holding the resumed weights when the run resumed."""
+    ro = run.config.rollout
+    run.engine = make_rollout_engine(ro, run.model, run.tokenizer, model_path=run.config.model.path, device=run.env.device)
+    if run.fsdp and hasattr(run.engine.teacher, "synced_gpus"):
+        run.engine.teacher.synced_gpus = True  # every rank must run the same number of forward passes
     if start:  # an engine with its own copy of the weights (vLLM) loaded model.path: give it the resumed ones
-        run_with_timeout(lambda: engine.sync_weights(model), ro.sync_timeout_s, "weight sync")
-        engine.syncs = start  # one sync per step: the probe stays on its schedule
-    history: list[dict] = []
-    last = min(g.max_steps, stop_after_steps or g.max_steps)
-    done = start
-    model.train()
-    with MetricsWriter(out_dir, tensorboard=config.metrics.tensorboard, enabled=env.is_main, resume_step=start) as metrics:
-        for step in range(start + 1, last + 1):
-            t_start = time.perf_counter()
-            kept: list[tuple[dict, list, list[float]]] = []  # (row, completions, rewards) of informative groups
-            per_fn: dict[str, list[float]] = {}
-            all_rewards: list[float] = []
-            lengths: list[int] = []
-            truncated = 0
-            zero_std_first = None
-            t_gen = t_score = 0.0
-            rounds = 0
-            spare: list[tuple[dict, list, list[float]]] = []
-            while True:
-                # Every rank generates the same number of groups per round (FSDP runs the forward
-                # passes of generate in lockstep): the most any rank still needs.
-                need = _reduce_max(groups_per_rank - len(kept), env, ro.sync_timeout_s)
-                rows = [stream.next() for _ in range(need)]
-                t0 = time.perf_counter()
-                groups = [RequestGroup(problem_id=r["problem_id"], messages=messages_for(r, config.prompts),
-                                       sampling=engine.sampling(seed=g.seed * 1_000_003 + step * 101 + rounds),
-                                       sample_indices=tuple(range(g.group_size))) for r in rows]
-                results = engine.generate(groups)
-                t_gen += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                samples = []
-                for r, comps in zip(rows, results):
-                    for c in comps:
-                        samples.append({**{k: r.get(k) for k in ("problem_id", "reference_answer", "tests", "domain")},
-                                        "completion": c.text, "finish_reason": c.finish_reason,
-                                        "completion_tokens": c.completion_tokens, "max_tokens": ro.max_completion_length})
-                scored = scorer.score(samples)
-                t_score += time.perf_counter() - t0
-                for name, vals in scored.per_function.items():
-                    per_fn.setdefault(name, []).extend(vals)
-                all_rewards.extend(scored.total)
-                for c in (c for comps in results for c in comps):
-                    lengths.append(c.completion_tokens or 0)
-                    truncated += c.finish_reason == "length"
-                rewards = torch.tensor(scored.total).view(len(rows), g.group_size)
-                flat = zero_std_groups(rewards.view(-1), g.group_size)
-                if zero_std_first is None:
-                    zero_std_first = float(flat.float().mean())
-                for i, (r, comps) in enumerate(zip(rows, results)):
-                    item = (r, comps, rewards[i].tolist())
-                    if g.dynamic_sampling and bool(flat[i]):
-                        spare.append(item)
-                    else:
-                        kept.append(item)
-                rounds += 1
-                short = _reduce_max(groups_per_rank - len(kept), env, ro.sync_timeout_s)
-                if not g.dynamic_sampling or short <= 0 or rounds > g.max_refills:
-                    break
-            # Short of informative groups after the refills: fill with flat ones (zero advantage).
-            kept = (kept + spare)[:groups_per_rank]
-            flat_kept = float(zero_std_groups(torch.tensor([x for _, _, rw in kept for x in rw]), g.group_size).float().mean())
-            rewards_kept = torch.tensor([x for _, _, rw in kept for x in rw])
-            if g.scale_rewards == "batch":  # the std of the whole batch, all ranks
-                s = _reduce(torch.tensor([rewards_kept.sum(), (rewards_kept ** 2).sum(), float(rewards_kept.numel())],
-                                         dtype=torch.float64, device=env.device), env, ro.sync_timeout_s, "reward moments").cpu()
-                mean = s[0] / s[2]
-                std = torch.sqrt((s[1] - s[2] * mean ** 2) / (s[2] - 1).clamp(min=1))
-                grouped = rewards_kept.view(-1, g.group_size)
-                adv = ((grouped - grouped.mean(1, keepdim=True)).view(-1) / (float(std) + ADV_EPS)).float()
-            else:
-                adv = group_advantages(rewards_kept, g.group_size, g.scale_rewards)
-            prompts_ids = [c.extra["prompt_ids"] for _, comps, _ in kept for c in comps]
-            comp_ids = [c.extra["completion_ids"] for _, comps, _ in kept for c in comps]
-            batch = make_batch(prompts_ids, comp_ids, adv, pad_id, env.device)
-            t0 = time.perf_counter()
-            if g.num_iterations > 1:
-                batch.old_logps = score_logps(model, batch, ro.temperature, g.micro_batch_size)
-            if ref_model is not None:
-                batch.ref_logps = score_logps(ref_model, batch, ro.temperature, g.micro_batch_size)
-            local = torch.tensor([float(len(batch)), float(batch.completion_mask.sum())], device=env.device)
-            n_seq, n_tok = _reduce(local, env, ro.sync_timeout_s, "batch sizes").tolist()
-            n_chunks = math.ceil(len(batch) / g.micro_batch_size) * env.world_size
-            totals: dict[str, float] = {}
-            grad_norm = 0.0
-            for _ in range(g.num_iterations):
-                optimizer.zero_grad(set_to_none=True)
-                totals = accumulate_gradients(
-                    model, batch, g, temperature=ro.temperature, max_completion_length=ro.max_completion_length,
-                    micro_batch_size=g.micro_batch_size, num_sequences=int(n_seq), num_tokens=n_tok, num_chunks=n_chunks,
-                    loss_scale=float(env.world_size) if fsdp else 1.0,
-                )
-                if env.distributed and not fsdp:  # strategy none: sum the ranks' gradients here
-                    _all_reduce_grads(params, env, ro.sync_timeout_s)
-                max_norm = o.max_grad_norm if o.max_grad_norm is not None else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                optimizer.step()
-            scheduler.step()
-            t_train = time.perf_counter() - t0
-            probe = engine.after_step(model)
-            sums = _reduce(torch.tensor([totals["loss"], totals["tokens"], totals["clip_low"], totals["clip_high"], totals["kl"],
-                                         totals["entropy"], sum(all_rewards), float(len(all_rewards))], dtype=torch.float64,
-                                        device=env.device), env, ro.sync_timeout_s, "step metrics").tolist()
-            elapsed = time.perf_counter() - t_start
-            # Rewards and lengths are over every completion generated this step (refills included);
-            # loss, KL, entropy and clip fractions over the trained batch.
-            row = {
-                "loss": sums[0],
-                "reward": sums[6] / max(sums[7], 1.0),  # all ranks
-                "reward_std": _std(all_rewards),  # this rank's, as the per-function breakdown below
-                **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
-                **{f"reward/{k}_std": _std(v) for k, v in per_fn.items()},
-                "completion_length": sum(lengths) / len(lengths),
-                "completion_length_max": float(max(lengths)),
-                "clipped_ratio": truncated / len(lengths),
-                "kl": sums[4] / max(sums[1], 1.0),
-                "entropy": sums[5] / max(sums[1], 1.0),
-                "clip_ratio/low": sums[2] / max(sums[1], 1.0),
-                "clip_ratio/high": sums[3] / max(sums[1], 1.0),
-                "frac_zero_std_groups": zero_std_first or 0.0,  # of the first generation round
-                "frac_zero_std_groups_kept": flat_kept,  # after dynamic sampling's refills
-                "generation_rounds": float(rounds),
-                "grad_norm": grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": sum(lengths) * env.world_size / max(elapsed, 1e-9),  # completion tokens generated, all ranks
-                "time/generation_s": t_gen,
-                "time/scoring_s": t_score,
-                "time/training_s": t_train,
-                "step_s": elapsed,
-            }
-            if probe is not None:
-                row["sync_probe_logp_diff"] = probe
-            metrics.log(step, row)
-            history.append(row)
-            log.info("grpo step %d: reward %.3f, length %.1f, loss %.4f, %.1fs (gen %.1f, score %.1f, train %.1f)",
-                     step, row["reward"], row["completion_length"], row["loss"], elapsed, t_gen, t_score, t_train)
-            done = step
-            # After the metrics row: a run killed before COMPLETE resumes from the previous
-            # checkpoint, and the writer then drops this step's row (no duplicate steps).
-            if (ck.every_steps and step % ck.every_steps == 0) or step == last:
-                streams = _gather_objects(stream.state(), env, ro.sync_timeout_s)
-                state = {"total_steps": g.max_steps, "metrics": row, "prompt_streams": streams,
-                         "grpo": g.model_dump(mode="json"), "reference_fingerprint": ref_print}
-                path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, env, keep_last=ck.keep_last)
-                if ck.store and env.is_main:
-                    upload_checkpoint(path, ck.store, prefix)
-    exported = None
-    if config.export_hf and ck.export_hf:
-        exported = export_hf(model, tokenizer, out_dir / "hf", env)
-    engine.close()
-    close_distributed()
-    return {"steps": len(history), "step": done, "stopped_early": done < g.max_steps, "resumed_from": resumed_from,
-            "history": history, "output_dir": str(out_dir), "exported": str(exported) if exported else None}
+        run_with_timeout(lambda: run.engine.sync_weights(run.model), ro.sync_timeout_s, "weight sync")
+        run.engine.syncs = start  # one sync per step: the probe stays on its schedule
+
+
+def _step(run: _Run, step: int) -> dict:
+    """One GRPO step: generate and score groups, advantages, the policy updates, the engine's weight
+    sync; returns the step's metrics row."""
+    t_start = time.perf_counter()
+    gen = _collect_groups(run, step)
+    adv = _advantages(run, gen.kept_rewards())
+    prompts_ids = [c.extra["prompt_ids"] for _, comps, _ in gen.kept for c in comps]
+    comp_ids = [c.extra["completion_ids"] for _, comps, _ in gen.kept for c in comps]
+    batch = make_batch(prompts_ids, comp_ids, adv, run.pad_id, run.env.device)
+    totals, grad_norm, t_train = _update(run, batch)
+    probe = run.engine.after_step(run.model)
+    row = _step_metrics(run, gen, totals, grad_norm, t_train, t_start)
+    if probe is not None:
+        row["sync_probe_logp_diff"] = probe
+    log.info("grpo step %d: reward %.3f, length %.1f, loss %.4f, %.1fs (gen %.1f, score %.1f, train %.1f)", step, row["reward"],
+             row["completion_length"], row["loss"], row["step_s"], gen.t_gen, gen.t_score, t_train)
+    return row
+
+
+def _collect_groups(run: _Run, step: int) -> Generation:
+    """This rank's `groups_per_rank` groups for the step, with dynamic sampling: zero-std groups
+    are set aside and further prompts generated, up to `max_refills` extra rounds."""
+    g, ro = run.config.grpo, run.config.rollout
+    gen = Generation()
+    while True:
+        # Every rank generates the same number of groups per round (FSDP runs the forward
+        # passes of generate in lockstep): the most any rank still needs.
+        need = _reduce_max(run.groups_per_rank - len(gen.kept), run.env, ro.sync_timeout_s)
+        rows = [run.stream.next() for _ in range(need)]
+        results, scored = _generate_and_score(run, rows, seed=g.seed * 1_000_003 + step * 101 + gen.rounds, gen=gen)
+        gen.add_round(rows, results, scored, g.group_size, g.dynamic_sampling)
+        short = _reduce_max(run.groups_per_rank - len(gen.kept), run.env, ro.sync_timeout_s)
+        if not g.dynamic_sampling or short <= 0 or gen.rounds > g.max_refills:
+            break
+    gen.fill(run.groups_per_rank)
+    return gen
+
+
+def _generate_and_score(run: _Run, rows: list[dict], *, seed: int, gen: Generation):
+    """`group_size` completions of each row from the engine, and their rewards (timed into `gen`)."""
+    g, ro = run.config.grpo, run.config.rollout
+    t0 = time.perf_counter()
+    groups = [RequestGroup(problem_id=r["problem_id"], messages=messages_for(r, run.config.prompts),
+                           sampling=run.engine.sampling(seed=seed), sample_indices=tuple(range(g.group_size))) for r in rows]
+    results = run.engine.generate(groups)
+    gen.t_gen += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    samples = [{**{k: r.get(k) for k in ("problem_id", "reference_answer", "tests", "domain")}, "completion": c.text,
+                "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens, "max_tokens": ro.max_completion_length}
+               for r, comps in zip(rows, results) for c in comps]
+    scored = run.scorer.score(samples)
+    gen.t_score += time.perf_counter() - t0
+    return results, scored
+
+
+def _advantages(run: _Run, rewards: torch.Tensor) -> torch.Tensor:
+    """Advantages of the kept groups' rewards; `scale_rewards: batch` divides by the std of the
+    whole batch over all ranks (from all-reduced moments)."""
+    g = run.config.grpo
+    if g.scale_rewards != "batch":
+        return group_advantages(rewards, g.group_size, g.scale_rewards)
+    s = _reduce(torch.tensor([rewards.sum(), (rewards ** 2).sum(), float(rewards.numel())], dtype=torch.float64, device=run.env.device),
+                run.env, run.config.rollout.sync_timeout_s, "reward moments").cpu()
+    mean = s[0] / s[2]
+    std = torch.sqrt((s[1] - s[2] * mean ** 2) / (s[2] - 1).clamp(min=1))
+    grouped = rewards.view(-1, g.group_size)
+    return ((grouped - grouped.mean(1, keepdim=True)).view(-1) / (float(std) + ADV_EPS)).float()
+
+
+def _update(run: _Run, batch: RolloutBatch) -> tuple[dict[str, float], float, float]:
+    """`num_iterations` policy updates on the generation batch, then a scheduler step; (the loss
+    sums of the last update, its pre-clip grad norm, the seconds spent, old/ref scoring included)."""
+    g, ro, env = run.config.grpo, run.config.rollout, run.env
+    t0 = time.perf_counter()
+    if g.num_iterations > 1:
+        batch.old_logps = score_logps(run.model, batch, ro.temperature, g.micro_batch_size)
+    if run.ref_model is not None:
+        batch.ref_logps = score_logps(run.ref_model, batch, ro.temperature, g.micro_batch_size)
+    local = torch.tensor([float(len(batch)), float(batch.completion_mask.sum())], device=env.device)
+    n_seq, n_tok = _reduce(local, env, ro.sync_timeout_s, "batch sizes").tolist()
+    n_chunks = math.ceil(len(batch) / g.micro_batch_size) * env.world_size
+    totals: dict[str, float] = {}
+    grad_norm = 0.0
+    for _ in range(g.num_iterations):
+        run.optimizer.zero_grad(set_to_none=True)
+        totals = accumulate_gradients(
+            run.model, batch, g, temperature=ro.temperature, max_completion_length=ro.max_completion_length,
+            micro_batch_size=g.micro_batch_size, num_sequences=int(n_seq), num_tokens=n_tok, num_chunks=n_chunks,
+            loss_scale=float(env.world_size) if run.fsdp else 1.0,
+        )
+        if env.distributed and not run.fsdp:  # strategy none: sum the ranks' gradients here
+            _all_reduce_grads(run.params, env, ro.sync_timeout_s)
+        grad_norm = clip_gradients(run.params, run.config.optim.max_grad_norm)
+        run.optimizer.step()
+    run.scheduler.step()
+    return totals, grad_norm, time.perf_counter() - t0
+
+
+def _step_metrics(run: _Run, gen: Generation, totals: dict[str, float], grad_norm: float, t_train: float, t_start: float) -> dict:
+    """The step's metrics row. Rewards and lengths are over every completion generated this step
+    (refills included); loss, KL, entropy and clip fractions over the trained batch."""
+    env = run.env
+    sums = _reduce(torch.tensor([totals["loss"], totals["tokens"], totals["clip_low"], totals["clip_high"], totals["kl"],
+                                 totals["entropy"], sum(gen.rewards), float(len(gen.rewards))], dtype=torch.float64,
+                                device=env.device), env, run.config.rollout.sync_timeout_s, "step metrics").tolist()
+    elapsed = time.perf_counter() - t_start
+    lengths, tokens = gen.lengths, max(sums[1], 1.0)
+    return {
+        "loss": sums[0],
+        "reward": sums[6] / max(sums[7], 1.0),  # all ranks
+        "reward_std": _std(gen.rewards),  # this rank's, as the per-function breakdown below
+        **{f"reward/{k}": sum(v) / len(v) for k, v in gen.per_fn.items()},
+        **{f"reward/{k}_std": _std(v) for k, v in gen.per_fn.items()},
+        "completion_length": sum(lengths) / len(lengths),
+        "completion_length_max": float(max(lengths)),
+        "clipped_ratio": gen.truncated / len(lengths),
+        "kl": sums[4] / tokens,
+        "entropy": sums[5] / tokens,
+        "clip_ratio/low": sums[2] / tokens,
+        "clip_ratio/high": sums[3] / tokens,
+        "frac_zero_std_groups": gen.zero_std_first or 0.0,  # of the first generation round
+        "frac_zero_std_groups_kept": float(zero_std_groups(gen.kept_rewards(), run.config.grpo.group_size).float().mean()),
+        "generation_rounds": float(gen.rounds),
+        "grad_norm": grad_norm,
+        "lr": run.scheduler.get_last_lr()[0],
+        "tokens_per_s": sum(lengths) * env.world_size / max(elapsed, 1e-9),  # completion tokens generated, all ranks
+        "time/generation_s": gen.t_gen,
+        "time/scoring_s": gen.t_score,
+        "time/training_s": t_train,
+        "step_s": elapsed,
+    }
+
+
+def _save(run: _Run, step: int, row: dict) -> None:
+    """Checkpoint `step`: the policy, optimizer, scheduler, RNG, every rank's prompt stream, the grpo
+    section and the reference fingerprint; mirrored to `checkpoint.store` when set."""
+    ck = run.config.checkpoint
+    streams = _gather_objects(run.stream.state(), run.env, run.config.rollout.sync_timeout_s)
+    state = {"total_steps": run.config.grpo.max_steps, "metrics": row, "prompt_streams": streams,
+             "grpo": run.config.grpo.model_dump(mode="json"), "reference_fingerprint": run.ref_print}
+    path = save_checkpoint(run.out_dir / "checkpoints", step, run.model, run.optimizer, run.scheduler, state, run.env,
+                           keep_last=ck.keep_last)
+    if ck.store and run.env.is_main:
+        upload_checkpoint(path, ck.store, run.prefix)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,8 @@ Why the gradient is multiplied by the world size: FSDP2 averages gradients over 
 loss is already divided by the global denominator, so the average must be undone to get the
 sum. Micro-batches of one rank accumulate without gradient sync until the last one.
 
-`build_optimizer` and `build_scheduler` are public for the other recipes (GRPO).
+The optimizer, schedule and clipping are trainer/optim.py's, shared with GRPO (`build_optimizer` and
+`build_scheduler` stay importable from here).
 
 Not covered: gradient-accumulation across steps of different denominators (a step is the unit),
 dynamic batch sizes, EMA weights.
@@ -24,7 +25,6 @@ dynamic batch sizes, EMA weights.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -41,6 +41,7 @@ from .config import OptimConfig
 from .data import Example
 from .distributed import DistEnv, all_reduce_sum, autocast, uses_fsdp
 from .metrics import MetricsWriter
+from .optim import build_optimizer, build_scheduler, clip_gradients
 from .packing import Batch, collate, plan_steps, step_weights
 
 log = logging.getLogger(__name__)
@@ -55,38 +56,6 @@ class LossOut:
 
 
 LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor, list[list[Example]], int], LossOut]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (no weight decay on biases and norms)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine/linear decay to min_lr_ratio (or constant) over total_steps."""
-
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        span = max(total_steps - cfg.warmup_steps, 1)
-        progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def grad_norm_of(norm: torch.Tensor) -> float:
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
-        norm = norm.full_tensor()
-    return float(norm)
 
 
 def seed_everything(seed: int, env: DistEnv) -> None:
@@ -106,8 +75,51 @@ def fit(
     state_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` on `examples`; return the final metrics (and where things were written)."""
-    loop, data = config.loop, config.data
     out = Path(config.output_dir)
+    plan, total, accum = _plan(config, env, examples)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    prefix = config.checkpoint.prefix or f"checkpoints/{out.name}"
+    seed_everything(config.loop.seed, env)
+    start = _resume(config, env, model, optimizer, scheduler, prefix)
+    metrics = MetricsWriter(out, tensorboard=config.metrics.tensorboard, enabled=env.is_main, resume_step=start)
+    last: dict[str, float] = {}
+    t_start = time.perf_counter()
+    model.train()
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        rows = [[examples[i] for i in row] for row in plan[step]]
+        sums = _accumulate(config, env, model, tokenizer, compute_loss, rows, step, accum)
+        norm, lr = _optimizer_step(config.optim, params, optimizer, scheduler)
+        last = _step_metrics(env, sums, rows, norm, lr, t0, t_start)
+        done = step + 1
+        if done % config.metrics.log_every == 0 or done == total:
+            metrics.log(done, last)
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s %.0f", done, total, last["loss"], lr, norm, last["tokens_per_s"])
+        every = config.checkpoint.every_steps
+        stopping = stop_after_steps is not None and done >= stop_after_steps
+        if (every and done % every == 0) or done == total or stopping:
+            state = {"epoch_steps": len(plan), "total_steps": total, **(state_extra or {}), "metrics": last}
+            _save(config, env, model, optimizer, scheduler, done, state, prefix)
+        if stopping:
+            metrics.close()
+            return {**last, "step": done, "stopped_early": True, "output_dir": str(out)}
+    metrics.close()
+    result: dict[str, Any] = {**last, "step": total, "output_dir": str(out)}
+    if config.checkpoint.export_hf:
+        export_hf(model, tokenizer, out / "hf", env)
+        result["hf"] = str(out / "hf")
+    return result
+
+
+# -- the steps of fit, in the order it runs them -------------------------------------------------
+
+
+def _plan(config: Any, env: DistEnv, examples: list[Example]) -> tuple[list, int, int]:
+    """(the step plan, the number of steps to train, micro-batches per rank per step); BadInput when
+    the batch does not split over micro-batches and ranks, or the data makes no step."""
+    loop, data = config.loop, config.data
     micro, world = loop.micro_batch_size, env.world_size
     if loop.batch_size % (micro * world):
         raise BadInput(f"loop.batch_size {loop.batch_size}: expected a multiple of micro_batch_size ({micro}) x world size ({world})")
@@ -120,92 +132,98 @@ def fit(
     total = min(len(plan), loop.max_steps) if loop.max_steps else len(plan)
     if loop.max_steps and loop.max_steps > len(plan):
         log.warning("loop.max_steps %d > %d steps in %d epoch(s); training %d", loop.max_steps, len(plan), loop.epochs, len(plan))
+    return plan, total, accum
 
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, total)
-    params = [p for p in model.parameters() if p.requires_grad]
-    ckpt_root = out / "checkpoints"
-    prefix = config.checkpoint.prefix or f"checkpoints/{out.name}"
 
-    start = 0
-    seed_everything(loop.seed, env)
-    if config.checkpoint.resume:
-        path = find_resume_point(ckpt_root, config.checkpoint.store, prefix, env)
-        if path is not None:
-            start = int(load_checkpoint(path, model, optimizer, scheduler, env)["step"])
-    metrics = MetricsWriter(out, tensorboard=config.metrics.tensorboard, enabled=env.is_main, resume_step=start)
+def _resume(config: Any, env: DistEnv, model, optimizer, scheduler, prefix: str) -> int:
+    """The step to start from: the newest checkpoint's (its model, optimizer, scheduler and RNG
+    restored), or 0 when there is none or `checkpoint.resume` is off."""
+    if not config.checkpoint.resume:
+        return 0
+    path = find_resume_point(Path(config.output_dir) / "checkpoints", config.checkpoint.store, prefix, env)
+    if path is None:
+        return 0
+    return int(load_checkpoint(path, model, optimizer, scheduler, env)["step"])
 
-    last: dict[str, float] = {}
-    t_start = time.perf_counter()
-    model.train()
-    for step in range(start, total):
-        t0 = time.perf_counter()
-        rows = [[examples[i] for i in row] for row in plan[step]]
-        denom, weights = step_weights(rows, data.loss_weighting)
-        doc_weights = torch.tensor(weights, dtype=torch.float32, device=env.device)
-        mine = rows[env.rank * accum * micro : (env.rank + 1) * accum * micro]
-        doc_offset = sum(len(r) for r in rows[: env.rank * accum * micro])
-        loss_acc = torch.zeros(1, dtype=torch.float64)
-        sums: dict[str, float] = {}
-        flags: dict[str, float] = {}
-        tokens = slots = 0
-        for m in range(accum):
-            chunk = mine[m * micro : (m + 1) * micro]
-            batch = collate(chunk, tokenizer.pad_token_id, doc_offset=doc_offset).to(env.device)
-            doc_offset += sum(len(r) for r in chunk)
-            if uses_fsdp(env, config.distributed) and hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(m == accum - 1)
-            with autocast(env, config.distributed):
-                res = compute_loss(model, batch, doc_weights, chunk, step)
-            scale = (1.0 / (res.denominator * accum * world)) if res.denominator else (1.0 / denom)
-            (res.loss_sum * scale * world).backward()
-            loss_acc += float(res.loss_sum.detach()) * scale * world
-            for k, v in res.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * scale * world
-            for k, v in res.flags.items():
-                flags[k] = max(flags.get(k, v), v)
-            tokens += batch.n_tokens
-            slots += batch.n_slots
-        max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm is not None else float("inf")
-        norm = grad_norm_of(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        packed = torch.tensor([loss_acc.item() / world, tokens, slots, *[sums[k] / world for k in sorted(sums)]], dtype=torch.float64)
-        packed = all_reduce_sum(packed.to(env.device) if env.device.type == "cuda" else packed, env).cpu()
-        dt_s = time.perf_counter() - t0
-        last = {
-            "loss": float(packed[0]),
-            "lr": lr,
-            "grad_norm": norm,
-            "tokens": int(packed[1]),
-            "supervised_tokens": int(sum(ex.n_supervised for row in rows for ex in row)),
-            "tokens_per_s": float(packed[1]) / dt_s,
-            "padding_waste": 1.0 - float(packed[1]) / max(float(packed[2]), 1.0),
-            "elapsed_s": time.perf_counter() - t_start,
-        }
-        for i, k in enumerate(sorted(sums)):
-            last[k] = float(packed[3 + i])
-        last.update(flags)
-        done = step + 1
-        if done % config.metrics.log_every == 0 or done == total:
-            metrics.log(done, last)
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s %.0f", done, total, last["loss"], lr, norm, last["tokens_per_s"])
-        every = config.checkpoint.every_steps
-        stopping = stop_after_steps is not None and done >= stop_after_steps
-        if (every and done % every == 0) or done == total or stopping:
-            state = {"epoch_steps": len(plan), "total_steps": total, **(state_extra or {}), "metrics": last}
-            path = save_checkpoint(ckpt_root, done, model, optimizer, scheduler, state, env, keep_last=config.checkpoint.keep_last)
-            if config.checkpoint.store and env.is_main:
-                upload_checkpoint(path, config.checkpoint.store, prefix)
-        if stopping:
-            metrics.close()
-            return {**last, "step": done, "stopped_early": True, "output_dir": str(out)}
-    metrics.close()
-    result: dict[str, Any] = {**last, "step": total, "output_dir": str(out)}
-    if config.checkpoint.export_hf:
-        export_hf(model, tokenizer, out / "hf", env)
-        result["hf"] = str(out / "hf")
-    return result
+@dataclass
+class _StepSums:
+    """One rank's sums over a step's micro-batches, each already divided by the step's denominator."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    flags: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+    slots: int = 0
+
+
+def _accumulate(config: Any, env: DistEnv, model, tokenizer, compute_loss: LossFn, rows: list[list[Example]], step: int,
+                accum: int) -> _StepSums:
+    """Forward/backward over this rank's `accum` micro-batches of the step's `rows`, adding to `.grad`
+    (gradient sync only on the last one)."""
+    micro, world = config.loop.micro_batch_size, env.world_size
+    denom, weights = step_weights(rows, config.data.loss_weighting)
+    doc_weights = torch.tensor(weights, dtype=torch.float32, device=env.device)
+    mine = rows[env.rank * accum * micro : (env.rank + 1) * accum * micro]
+    doc_offset = sum(len(r) for r in rows[: env.rank * accum * micro])
+    out = _StepSums(torch.zeros(1, dtype=torch.float64))
+    for m in range(accum):
+        chunk = mine[m * micro : (m + 1) * micro]
+        batch = collate(chunk, tokenizer.pad_token_id, doc_offset=doc_offset).to(env.device)
+        doc_offset += sum(len(r) for r in chunk)
+        if uses_fsdp(env, config.distributed) and hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(m == accum - 1)
+        with autocast(env, config.distributed):
+            res = compute_loss(model, batch, doc_weights, chunk, step)
+        scale = (1.0 / (res.denominator * accum * world)) if res.denominator else (1.0 / denom)
+        (res.loss_sum * scale * world).backward()
+        out.loss += float(res.loss_sum.detach()) * scale * world
+        for k, v in res.metrics.items():
+            out.metrics[k] = out.metrics.get(k, 0.0) + v * scale * world
+        for k, v in res.flags.items():
+            out.flags[k] = max(out.flags.get(k, v), v)
+        out.tokens += batch.n_tokens
+        out.slots += batch.n_slots
+    return out
+
+
+def _optimizer_step(cfg: OptimConfig, params: list[torch.Tensor], optimizer, scheduler) -> tuple[float, float]:
+    """Clip, step the optimizer and the schedule, clear the gradients; (the pre-clip grad norm, the lr the step used)."""
+    norm = clip_gradients(params, cfg.max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, lr
+
+
+def _step_metrics(env: DistEnv, sums: _StepSums, rows: list[list[Example]], norm: float, lr: float, t0: float,
+                 t_start: float) -> dict[str, float]:
+    """The step's metrics row, summed over the ranks."""
+    world = env.world_size
+    keys = sorted(sums.metrics)
+    packed = torch.tensor([sums.loss.item() / world, sums.tokens, sums.slots, *[sums.metrics[k] / world for k in keys]], dtype=torch.float64)
+    packed = all_reduce_sum(packed.to(env.device) if env.device.type == "cuda" else packed, env).cpu()
+    dt_s = time.perf_counter() - t0
+    last = {
+        "loss": float(packed[0]),
+        "lr": lr,
+        "grad_norm": norm,
+        "tokens": int(packed[1]),
+        "supervised_tokens": int(sum(ex.n_supervised for row in rows for ex in row)),
+        "tokens_per_s": float(packed[1]) / dt_s,
+        "padding_waste": 1.0 - float(packed[1]) / max(float(packed[2]), 1.0),
+        "elapsed_s": time.perf_counter() - t_start,
+    }
+    for i, k in enumerate(keys):
+        last[k] = float(packed[3 + i])
+    last.update(sums.flags)
+    return last
+
+
+def _save(config: Any, env: DistEnv, model, optimizer, scheduler, step: int, state: dict[str, Any], prefix: str) -> None:
+    """Checkpoint `step` under <output_dir>/checkpoints, mirrored to `checkpoint.store` when set."""
+    ck = config.checkpoint
+    path = save_checkpoint(Path(config.output_dir) / "checkpoints", step, model, optimizer, scheduler, state, env, keep_last=ck.keep_last)
+    if ck.store and env.is_main:
+        upload_checkpoint(path, ck.store, prefix)

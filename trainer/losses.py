@@ -1,8 +1,11 @@
-"""Loss functions: weighted cross-entropy for SFT, and the distillation divergences.
+"""Loss functions: weighted cross-entropy for SFT, the distillation divergences, and GRPO's
+policy loss and advantages.
 
     nll = token_nll(logits, labels)                         # [rows, T], 0 where label is IGNORE
     kd = kd_divergence(student_logits, teacher_logits, "jsd", beta=0.5)   # [rows, T]
     sparse = sparse_kd(student_logits, topk_ids, topk_logprobs)         # [rows, T]
+    adv = group_advantages(rewards, group_size)                         # GRPO, [completions]
+    loss, stats = grpo_loss(logps, adv, mask, loss_type="dapo")         # this micro-batch's share
 
 Every function returns per-token values; the recipe weights and sums them and divides by the
 step's global denominator (packing.step_weights), so gradient accumulation and any number of
@@ -17,6 +20,22 @@ Divergences (p_t teacher, p_s student, over the vocabulary, at temperature `temp
   vanishes at both ends).
 - sparse top-k KD: cross-entropy of the student against the teacher's top-k distribution
   (renormalised over the k ids), i.e. forward KL on the teacher's support up to a constant.
+
+GRPO (trainer/grpo.py runs it; TRL's GRPOTrainer and the DAPO paper), per completion token t of
+completion i:
+
+    ratio    = exp(logp - logp_old)                   logp at temperature T: log_softmax(logits / T)
+    clipped  = clamp(ratio, 1 - eps_low, 1 + eps_high)   (eps_high defaults to eps_low)
+    loss_it  = -min(ratio * A_i, clipped * A_i) + beta * k3(logp, logp_ref)
+    k3       = exp(ref - logp) - (ref - logp) - 1     (beta = 0: no reference model is loaded)
+
+and the per-token losses are aggregated by `loss_type`:
+- `grpo`: mean over completions of each completion's token mean (the original GRPO);
+- `bnpo`: token mean over each micro-batch, then mean over micro-batches (TRL's bnpo: it
+  depends on how the batch is cut, by definition; the others do not);
+- `dr_grpo`: token sum / (completions x max_completion_length) (Dr. GRPO: no length bias);
+- `dapo`: token sum / tokens of the whole generation batch, all ranks (DAPO's token-level loss).
+Advantages: (r - mean_group) / (std + 1e-4), std the Bessel-corrected std of the group.
 
 Chunked LM head (`chunked_head_loss`): for 150k-vocab students at 16-32k tokens the
 [tokens, vocab] logits are the memory peak (~10 GB per sequence in fp32, twice that and more for
@@ -41,6 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +129,8 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ki
     raise ValueError(f"kd kind {kind!r}: expected forward_kl, reverse_kl or jsd")
 
 
-def sparse_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0, renormalize: bool = True) -> torch.Tensor:
+def sparse_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0,
+              renormalize: bool = True) -> torch.Tensor:
     """-sum_k q_k log p_s(id_k) per position, q = the teacher's top-k probabilities (renormalised
     to sum to 1 unless `renormalize` is False). Positions whose ids are all -1 give 0."""
     s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
@@ -188,3 +209,135 @@ def chunked_head_loss(
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or bool(params))
     weights = token_weights.to(hidden.device, torch.float32)
     return _ChunkedHead.apply(hidden, weights, head, per_chunk, chunk_tokens, metrics if metrics is not None else {}, need_grad, *params)
+
+
+# --- GRPO -------------------------------------------------------------------------------------
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
+ADV_EPS = 1e-4  # TRL's and the GRPO paper's guard against a zero std
+
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = ADV_EPS) -> torch.Tensor:
+    """Group-normalised advantages of rewards laid out group after group ([g0 s0, g0 s1, ..., g1 s0, ...]).
+
+    scale: `group` divides by each group's std (Bessel-corrected), `batch` by the std of all
+    rewards, `none` only centres. [1, 0, 0, 1] in a group of 4 gives +/-0.865875.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if scale == "group":
+        std = grouped.std(dim=1).repeat_interleave(group_size)
+    elif scale == "batch":
+        std = rewards.std().expand_as(rewards)
+    elif scale == "none":
+        return centred
+    else:
+        raise ValueError(f"scale {scale!r}: expected group, batch or none")
+    return centred / (std + eps)
+
+
+def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A bool per group: its rewards are all equal (no learning signal; dynamic sampling drops it)."""
+    grouped = rewards.view(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values).abs() < 1e-12
+
+
+def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of `ids` under `logits / temperature` (same leading shape), and the
+    entropy of each position's distribution. Computed in fp32; the logits are multiplied by 1/T
+    (as TRL's fused head and vLLM do), which rounds differently from dividing by T."""
+    logp_all = torch.log_softmax(logits.float() * (1.0 / temperature), dim=-1)
+    logps = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
+                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logps, entropy) of the last `completion_len` tokens of each row of `input_ids` (prompt then
+    completion), from one forward pass that keeps only the logits it needs."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=completion_len + 1, use_cache=False)
+    logits = out.logits[:, :-1]  # the logit at position p predicts token p + 1
+    return token_logps(logits, input_ids[:, -completion_len:], temperature)
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def clipped_ratio(logps: torch.Tensor, old_logps: torch.Tensor, epsilon_low: float, epsilon_high: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ratio, clamped ratio): exp(logp - logp_old), and it clamped to [1 - eps_low, 1 + eps_high]."""
+    eps_high = epsilon_low if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logps - old_logps)
+    return ratio, torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logps: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    loss_type: str = "dapo",
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    num_chunks: int = 1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the GRPO loss, and sums for the metrics.
+
+    logps, old_logps, ref_logps, mask: (B, T) over completion tokens; advantages: (B,).
+    `old_logps` None: the rollout policy is the current one (one update per generation), ratio 1
+    in value but with the gradient of logp. `num_sequences` / `num_tokens`: the completions and
+    completion tokens of the whole optimizer step (all micro-batches, all ranks); None: this
+    micro-batch's own (the batch is processed whole). `num_chunks`: micro-batches x ranks in the
+    step (only `bnpo` uses it). Summing the returned losses over the step's micro-batches and
+    ranks gives the loss of the whole batch.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r}: expected one of {LOSS_TYPES}")
+    mask = mask.to(logps.dtype)
+    if old_logps is None:
+        old_logps = logps.detach()
+    adv = advantages.to(logps.dtype).unsqueeze(1)
+    ratio, clipped = clipped_ratio(logps, old_logps, epsilon_low, epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
+        kl = kl_k3(logps, ref_logps)
+        per_token = per_token + beta * kl
+    n_seq = logps.size(0) if num_sequences is None else num_sequences
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n_seq
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0) / num_chunks
+    elif loss_type == "dr_grpo":
+        if not max_completion_length:
+            raise ValueError("dr_grpo needs max_completion_length")
+        loss = (per_token * mask).sum() / (n_seq * max_completion_length)
+    else:  # dapo
+        n_tok = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
+        loss = (per_token * mask).sum() / n_tok
+    with torch.no_grad():
+        eps_high = epsilon_low if epsilon_high is None else epsilon_high
+        low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
+        high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype) * mask
+        stats = {
+            "tokens": float(mask.sum()),
+            "clip_low": float(low.sum()),
+            "clip_high": float(high.sum()),
+            "kl": float((kl * mask).sum()) if kl is not None else 0.0,
+        }
+    return loss, stats

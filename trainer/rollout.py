@@ -56,6 +56,8 @@ from factory.teachers.base import (
 )
 from factory.teachers.batching import BatchedTeacher, BatchRow, MicroBatcher
 
+from .losses import completion_logps
+
 log = logging.getLogger(__name__)
 
 PROBE_MESSAGES = ({"role": "user", "content": "Count from one to five."},)
@@ -300,8 +302,6 @@ class RolloutEngine:
 
 def trainer_logps(model, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0) -> list[float]:
     """Log-probs of a completion under `model` at `temperature`, as the GRPO loss computes them."""
-    from .grpo import completion_logps
-
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids) + list(completion_ids)], device=device)
     with torch.no_grad():
