@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -117,12 +118,12 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, env: DistEnv) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this rank's RNG from `path`; return trainer state."""
     path = Path(path)
-    msd, osd = get_state_dict(model, optimizer)
-    box = {"model": msd, "optim": osd}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(box, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=box["model"], optim_state_dict=box["optim"])
+    try:
+        _load_dcp(path, model, optimizer)
+    except (RuntimeError, CheckpointException) as exc:  # DCP wraps the missing key in a BaseException
+        if "optim.param_groups" not in str(exc) or len(optimizer.param_groups) < 2:
+            raise
+        _load_one_group(path, model, optimizer)
     state = json.loads((path / "trainer_state.json").read_text())
     scheduler.load_state_dict(state.pop("scheduler"))
     rng = path / f"rng-rank{env.rank}.pt"
@@ -132,6 +133,34 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, env: DistEnv)
         log.warning("%s: no RNG state for rank %d of %d; sampling continues from a fresh seed", path, env.rank, env.world_size)
     log.info("resumed from %s at step %d", path, state["step"])
     return state
+
+
+def _load_dcp(path: Path, model, optimizer) -> None:
+    msd, osd = get_state_dict(model, optimizer)
+    box = {"model": msd, "optim": osd}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(box, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=box["model"], optim_state_dict=box["optim"])
+
+
+def _load_one_group(path: Path, model, optimizer) -> None:
+    """A checkpoint whose optimizer had one parameter group: GRPO's, before trainer/optim.py gave
+    biases and norms a group without weight decay. Its moments and step counts are the run's
+    paid-for state, so they are loaded through a one-group AdamW and handed to `optimizer`."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    params.sort(key=lambda p: order.get(id(p), len(order)))
+    legacy = torch.optim.AdamW(params)
+    legacy.param_groups[0].update({k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
+    _load_dcp(path, model, legacy)
+    for p in params:
+        if p in legacy.state:
+            optimizer.state[p] = legacy.state[p]
+    for group in optimizer.param_groups:  # the learning rate where the run stopped, as a normal resume sets it
+        group.update({k: legacy.param_groups[0][k] for k in ("lr", "initial_lr") if k in legacy.param_groups[0]})
+    log.warning("%s: the optimizer was saved with one parameter group (no weight-decay exemption for biases and norms); "
+                "its state is kept and the run goes on with this version's groups", path)
 
 
 # -- the artifact store -------------------------------------------------------------------

@@ -64,3 +64,30 @@ def test_clip_gradients_returns_the_norm_before_clipping():
     assert torch.allclose(p.grad, torch.tensor([0.6, 0.8]), atol=1e-6)
     assert clip_gradients([p], None) == pytest.approx(1.0, abs=1e-5)  # None: measured, not clipped
     assert torch.allclose(p.grad, torch.tensor([0.6, 0.8]), atol=1e-6)
+
+
+def test_a_one_group_checkpoint_resumes_into_the_split_groups(tmp_path):
+    """GRPO checkpoints written before build_optimizer split off the no-decay group hold one
+    parameter group; resuming one keeps its Adam moments instead of failing on the group count."""
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+    from trainer.distributed import DistEnv
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    old = torch.optim.AdamW(list(model.parameters()), lr=3e-3, weight_decay=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    old.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(old, lambda step: 1.0)
+    path = save_checkpoint(tmp_path, 1, model, old, scheduler, {}, DistEnv())
+
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    new = build_optimizer(fresh, OptimConfig(lr=1e-2, weight_decay=0.1))
+    assert len(new.param_groups) == 2
+    state = load_checkpoint(path, fresh, new, build_scheduler(new, OptimConfig(), 10), DistEnv())
+    assert state["step"] == 1
+    for p_old, p_new in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p_old, p_new)
+        assert torch.equal(old.state[p_old]["exp_avg"], new.state[p_new]["exp_avg"])
+        assert torch.equal(old.state[p_old]["exp_avg_sq"], new.state[p_new]["exp_avg_sq"])
+    assert [g["weight_decay"] for g in new.param_groups] == [0.1, 0.0]
+    assert [g["lr"] for g in new.param_groups] == [3e-3, 3e-3]  # where the run stopped, not this config's
