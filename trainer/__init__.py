@@ -19,10 +19,12 @@ Shared pieces, with stable APIs the recipes import:
   loss and advantages.
 - distributed.py: `init_distributed` (torchrun env; gloo on CPU, nccl on CUDA), `shard_model`
   (FSDP2 fully_shard, bf16 MixedPrecisionPolicy, activation checkpointing).
+- prompts.py: GRPO's prompts (a JSONL file or lake problems in a pass-rate band) and their
+  seeded per-rank stream.
 - optim.py: `build_optimizer` (AdamW, no decay on biases/norms), `build_scheduler`, `clip_gradients`.
 - loop.py: `fit` (the SFT/KD loop).
 - checkpoint.py: `save_checkpoint` / `load_checkpoint` (DCP model+optimizer, scheduler, RNG,
-  data position; mirrored to the artifact store, local or S3), `export_hf`.
+  data position; a one-group GRPO optimizer from before optim.py resumes too; mirrored to the artifact store, local or S3), `export_hf`.
 - metrics.py: `MetricsWriter` (metrics.csv + TensorBoard), `read_metrics`.
 - launch.py: torchrun / Slurm command lines (no torch import; the CLI uses it).
 
