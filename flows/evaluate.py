@@ -22,13 +22,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli import Catalog, Store, _run, app, err
+from flows.options import Catalog, Store, err
+from flows.options import run_job as _run
 from storage import BadInput, Lake
 
 FORMATS = ("table", "json")
 
 
-@app.command("eval")
 def eval_(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="'smollm2', a checkpoint or exported student folder, or the model name served at --base-url.")],
     benchmark: Annotated[str, typer.Option("--benchmark", metavar="NAME", help="math500, aime2024, aime2025, amc23, gsm8k, minerva, olympiadbench, humaneval or mbpp; several separated by commas.")],

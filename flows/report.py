@@ -1000,16 +1000,10 @@ def write_report(data: ReportData, output: Path) -> None:
 
 # -- the command --------------------------------------------------------------------------
 
-from flows.cli import (  # (here: flows/cli.py imports this module at its end)
-    Catalog,
-    Store,
-    _run,
-    app,
-    err,
-)
+from flows.options import Catalog, Store, err  # noqa: E402
+from flows.options import run_job as _run  # noqa: E402
 
 
-@app.command()
 def report(
     target: Annotated[str | None, typer.Argument(metavar="RUN_ID|DATASET", help="A run id, a dataset NAME or NAME@VERSION, or nothing for the whole lake.")] = None,
     output: Annotated[Path, typer.Option("--output", metavar="PATH", help="HTML file to write.")] = Path("report.html"),

@@ -5,8 +5,8 @@
     factory schedule recipes/r1_math_vllm.yaml --cron "0 3 * * *"
     factory serve                                        # runs the scheduled deployments
 
-Registered on `flows.cli.app` by importing this module (flows/cli.py does). Prefect is
-imported inside the commands, so `factory --help` stays fast. Prefect's own log lines go to
+Plain functions: flows/cli.py registers them on `app`. Prefect is imported inside the
+commands, so `factory --help` stays fast. Prefect's own log lines go to
 PREFECT_HOME/logs/factory.log unless --verbose (flows/server.py): the rich progress display shows
 what runs, and a failure is one line that names that file. Without PREFECT_API_URL, `run` and
 `schedule` use Prefect's ephemeral server and `serve` starts a whole Prefect server (it has the
@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.cli import Catalog, Store, _run, app, err
+from flows.options import Catalog, Store, err, run_job
 from flows.server import SERVER_LOG_NAME, LocalServer, Session, check_api, connect, prefect_session
 from storage import BadInput, FactoryError, Lake, LakeBusy
 
@@ -94,7 +94,6 @@ def funnel_table(summary: dict) -> Table:
     return table
 
 
-@app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML (see recipes/ and docs/recipes.md).")],
     store: Store = None,
@@ -136,10 +135,9 @@ def run(
         if ds:
             print_next_steps(out, summary, store, catalog)
 
-    _run(job)
+    run_job(job)
 
 
-@app.command()
 def runs(
     store: Store = None,
     catalog: Catalog = None,
@@ -168,7 +166,7 @@ def runs(
                           f"{r['cost_usd']:.4f}" if r["cost_usd"] is not None else "")
         Console(highlight=False).print(table)
 
-    _run(job)
+    run_job(job)
 
 
 def deployment_for(recipe: Path, cron: str, name: str | None, store: str | None, catalog: str | None, timezone: str = "UTC"):
@@ -186,7 +184,6 @@ def deployment_for(recipe: Path, cron: str, name: str | None, store: str | None,
                                      description=f"factory run {recipe}")
 
 
-@app.command()
 def schedule(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML to run on the schedule.")],
     cron: Annotated[str, typer.Option("--cron", help='When to run, e.g. "0 3 * * *" (03:00 every day).')],
@@ -208,7 +205,7 @@ def schedule(
         err.print(f"deployment {FLOW_NAME}/{dep.name} ({dep_id}) runs {recipe} at '{cron}' {timezone}; "
                   "`factory serve` runs it (restart a running one to include it)", markup=False)
 
-    _run(job)
+    run_job(job)
 
 
 def scheduled_deployments() -> list:
@@ -255,7 +252,6 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-@app.command()
 def serve(verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False) -> None:
     """Run the scheduled recipes (every deployment made by `factory schedule`) until stopped.
 
@@ -293,4 +289,4 @@ def serve(verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect'
                 raise
         err.print("stopped", markup=False)
 
-    _run(job)
+    run_job(job)
