@@ -273,7 +273,8 @@ def recipe_problems(recipe: Recipe, base_dir: Path) -> list[tuple[tuple, str]]:
         problems.append((("teacher", "sampling", "max_tokens"), f"expected fewer than context_window ({t.context_window}) tokens, leaving room for the prompt"))
     if ad.accepted_per_problem is not None:
         if ad.accepted_per_problem > ad.max_samples_per_problem:
-            problems.append((("adaptive", "accepted_per_problem"), f"expected at most max_samples_per_problem ({ad.max_samples_per_problem}): no problem could reach it"))
+            problems.append((("adaptive", "accepted_per_problem"),
+                             f"expected at most max_samples_per_problem ({ad.max_samples_per_problem}): no problem could reach it"))
         if ad.max_samples_per_problem < t.samples_per_problem:
             problems.append((("adaptive", "max_samples_per_problem"), f"expected at least teacher.samples_per_problem ({t.samples_per_problem})"))
     fc = recipe.filter_config_model()

@@ -4,8 +4,8 @@
     factory eval ./checkpoints/student --benchmark math500,aime2024 --samples 8
     factory eval my-model --backend openai --base-url http://127.0.0.1:8000/v1 --benchmark gsm8k --format json
 
-Registered on `flows.cli.app` by importing this module (flows/cli.py does). The work is
-trainer.evaluate.evaluate; this module parses options, shows progress on stderr and prints the
+flows/cli.py registers `eval_` as `factory eval`. The work is
+factory.evaluation.evaluate; this module parses options, shows progress on stderr and prints the
 scores (a table, or JSON with --format json) on stdout. An interrupted eval resumes: rerun the
 same command. Exit codes: 0 ok, 1 samples are still missing (the backend failed; rerun to
 resume), 2 bad input.
@@ -31,11 +31,13 @@ FORMATS = ("table", "json")
 
 def eval_(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="'smollm2', a checkpoint or exported student folder, or the model name served at --base-url.")],
-    benchmark: Annotated[str, typer.Option("--benchmark", metavar="NAME", help="math500, aime2024, aime2025, amc23, gsm8k, minerva, olympiadbench, humaneval or mbpp; several separated by commas.")],
+    benchmark: Annotated[str, typer.Option("--benchmark", metavar="NAME", help="math500, aime2024, aime2025, amc23, gsm8k, minerva, "
+                                                                                "olympiadbench, humaneval or mbpp; several separated by commas.")],
     samples: Annotated[int, typer.Option("--samples", metavar="K", help="Samples per problem (pass@1 is their mean; pass@k and maj@K from them).")] = 1,
     limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Only the first N problems of each benchmark.")] = None,
     backend: Annotated[str, typer.Option("--backend", metavar="BACKEND", help="transformers, vllm or openai.")] = "transformers",
-    base_url: Annotated[str | None, typer.Option("--base-url", metavar="URL", help="The OpenAI-compatible server (--backend openai), e.g. http://127.0.0.1:8000/v1.")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", metavar="URL", help="The OpenAI-compatible server (--backend openai), "
+                                                                                   "e.g. http://127.0.0.1:8000/v1.")] = None,
     api_key_env: Annotated[str | None, typer.Option("--api-key-env", metavar="VAR", help="Environment variable holding the server's API key.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", metavar="N", help="Completion tokens per sample.")] = 4096,
     temperature: Annotated[float, typer.Option("--temperature", metavar="T", help="Sampling temperature (0: greedy).")] = 0.6,
@@ -43,8 +45,10 @@ def eval_(
     seed: Annotated[int, typer.Option("--seed", metavar="S", help="Sampling seed (part of the eval's identity).")] = 0,
     concurrency: Annotated[int, typer.Option("--concurrency", metavar="N", help="Requests in flight (--backend openai).")] = 32,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Rows per generate call (--backend transformers).")] = 8,
-    device: Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cpu or cuda (--backend transformers) [default: the best available].")] = None,
-    revision: Annotated[str | None, typer.Option("--revision", metavar="REV", help="The model's revision [default: a fingerprint of a folder's files].")] = None,
+    device: Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cpu or cuda (--backend transformers) "
+                                                                                "[default: the best available].")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", metavar="REV", help="The model's revision "
+                                                                                  "[default: a fingerprint of a folder's files].")] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", metavar="ID", help="Run id stored on the rows [default: eval-<time>].")] = None,
     format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="table or json.")] = "table",
     store: Store = None,

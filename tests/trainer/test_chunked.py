@@ -230,7 +230,8 @@ def test_chunked_logit_kd_under_fsdp2_with_two_gloo_processes_matches_one_proces
         path.write_text(yaml.safe_dump(raw))
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2"] if nproc == 2 else []
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-        proc = subprocess.run([sys.executable, *launcher, "-m", "trainer.distill", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+        proc = subprocess.run([sys.executable, *launcher, "-m", "trainer.distill", str(path)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-4000:]
         logs[name] = read_metrics(tmp_path / name / "out" / "metrics.csv")
     assert len(logs["one"]) == len(logs["two"]) == 2

@@ -38,7 +38,7 @@ def test_slurm_script_runs_one_torchrun_per_node(tmp_path):
     assert script.startswith("#!/bin/bash\n")
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "#SBATCH --time=12:00:00"):
         assert line in script
-    run = [l for l in script.splitlines() if l.startswith("srun ")][0]
+    run = [x for x in script.splitlines() if x.startswith("srun ")][0]
     assert "-m torch.distributed.run --nnodes 4 --nproc-per-node 8" in run
     assert '--rdzv-endpoint "$head_node:29500"' in run and f"-m trainer.sft {cfg}" in run
     assert f"cd {tmp_path}" in script

@@ -65,7 +65,10 @@ def test_rows_are_seeded_independently_of_batching(policy):
     model, tok = policy
     big = make_rollout_engine(RolloutConfig(max_completion_length=5, batch_size=64), model, tok)
     small = make_rollout_engine(RolloutConfig(max_completion_length=5, batch_size=1), model, tok)
-    ids = lambda out: [[c.extra["completion_ids"] for c in g] for g in out]
+
+    def ids(out):
+        return [[c.extra["completion_ids"] for c in g] for g in out]
+
     a = ids(big.generate(groups(big, seed=7)))
     assert a == ids(small.generate(groups(small, seed=7)))  # same rows, whatever shares the batch
     assert a != ids(big.generate(groups(big, seed=8)))
