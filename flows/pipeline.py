@@ -34,7 +34,7 @@ import os
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from factory import stages
+from factory import funnel, stages
 from factory.dedup import dedup_lake
 from factory.recipe import Recipe, load_recipe, recipe_hash
 from factory.sampler import Budget, SamplingStats, sample_teacher
@@ -371,50 +371,14 @@ def _unverified(lake: Lake, keys: list[str]) -> list[dict]:
     ).to_pylist()
 
 
-def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], recipe: Recipe, ds: dict | None,
-            stats: list[SamplingStats], seconds: dict[str, float], verdicts: list[dict] | None = None) -> dict:
-    """The yield funnel of this recipe's problems and request keys, read back from the lake (so
-    a resumed run reports the whole, not just its last attempt), per source."""
-    source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
-    key_tab = pa.table({"k": pa.array(list(keys), pa.string()), "p": pa.array(list(keys.values()), pa.string())})
-    # One query (each DuckLake query pays its own catalog and file reads): every sample of the
-    # keys with its tokens, whether dedup kept it and whether the dataset version holds it.
-    in_ds = f"s.sample_id IN (SELECT sample_id FROM ({ds['sql']}))" if ds else "false"
-    got = lake.query(
-        "SELECT s.sample_id, s.problem_id, s.prompt_tokens, s.completion_tokens, s.cost_usd, "
-        "s.sample_id IN (SELECT item_id FROM dedup WHERE item_kind = 'sample' AND kept) AS kept, "
-        f"{in_ds} AS in_dataset FROM samples s JOIN _k k ON s.sample_id = k.k",
-        tables={"_k": key_tab},
-    ).to_pylist()
-    if verdicts is None:
-        verdicts = _verdicts_for(lake, [r["sample_id"] for r in got])
-    verified = {v["sample_id"] for v in verdicts if not v["check"].startswith("filter:") and v["status"] == "pass"}
-    accepted = stages.accepted_ids(verdicts, recipe)
-    kept = {r["sample_id"] for r in got if r["kept"]} & accepted
-    ds_ids = {r["sample_id"] for r in got if r["in_dataset"]}
-    by_source: dict[str, Counter] = defaultdict(Counter)
-    for p in problems:
-        by_source[source_of[p["problem_id"]]]["problems"] += 1
-    for k, pid in keys.items():
-        by_source[source_of.get(pid, "?")]["requests"] += 1
-    for r in got:
-        c = by_source[source_of.get(r["problem_id"], "?")]
-        sid = r["sample_id"]
-        c["samples"] += 1
-        c["verified"] += sid in verified
-        c["filtered"] += sid in accepted
-        c["deduplicated"] += sid in kept
-        c["dataset"] += sid in ds_ids
-    total = Counter()
-    for c in by_source.values():
-        total.update(c)
-    rejected = [v for v in verdicts if v["status"] != "pass"]
+def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], ds: dict | None, stats: list[SamplingStats],
+            seconds: dict[str, float]) -> dict:
+    """The run's summary (runs.counts, the Prefect artifact, the CLI's table): the funnel of
+    factory/funnel.py over the run's problems and request keys, read back from the lake (so a
+    resumed run reports the whole, not just its last attempt), plus the stages' time, what this
+    attempt sent, and the dataset version."""
     return {
-        "funnel": stages.funnel(total),
-        "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
-        "rejects": stages.reject_reasons(rejected),
-        "tokens": {"prompt": sum(r["prompt_tokens"] or 0 for r in got), "completion": sum(r["completion_tokens"] or 0 for r in got)},
-        "cost_usd": round(sum(r["cost_usd"] or 0.0 for r in got), 6),
+        **funnel.run_counts(lake, problems, keys, ds and ds["sql"]),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "sent_this_attempt": sum(s.received for s in stats),
         "budget_reached": any(s.stopped_by_budget for s in stats),
@@ -514,7 +478,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         # asked which (the failure message lists them).
         missing = sorted(set(keys) - lake.existing("samples", "request_key", list(keys))) if any(s.missing for s in stats) else []
         if missing and not any(s.stopped_by_budget for s in stats):
-            counts_ = _counts(lake, eligible, keys, recipe, None, stats, seconds, verdicts)
+            counts_ = _counts(lake, eligible, keys, None, stats, seconds)
             _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "incomplete", started, counts_)
             problems_missing = sorted({keys[k] for k in missing})
             errors = Counter()
@@ -540,7 +504,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         ds["sql"] = sql
         progress.end("dataset", f"{ds['name']} v{ds['version']}: {ds['rows']} rows")
         seconds["dataset"] = time.perf_counter() - t0
-        summary = _counts(lake, eligible, keys, recipe, ds, stats, seconds, verdicts)
+        summary = _counts(lake, eligible, keys, ds, stats, seconds)
         summary["run_id"] = run_id
         summary["problems_dropped"] = len(problems) - len(eligible)
         _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "finished", started, summary)
@@ -569,7 +533,7 @@ def _artifact(recipe: Recipe, summary: dict) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        from flows.report import funnel_markdown
+        from flows.report_html import funnel_markdown
 
         key = "funnel-" + "".join(c if c.isalnum() else "-" for c in recipe.name.lower())
         create_markdown_artifact(markdown=funnel_markdown(summary), key=key[:60], description=f"yield funnel of {recipe.name}")
