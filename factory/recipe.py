@@ -245,12 +245,13 @@ class Recipe(_Strict):
         return self.dataset.name if self.dataset else self.name
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, *, text: str | None = None) -> Recipe:
     """The validated recipe; BadInput (file:line: key path: expected) for anything wrong in it,
     including what only shows outside the model: seed files that do not exist, numbers out of
-    range, one setting contradicting another. All of it before a teacher is paid."""
+    range, one setting contradicting another. All of it before a teacher is paid. `text`: the
+    file's content when the caller read it already (the flow records the text it ran)."""
     base_dir = Path(path).parent
-    return load_yaml_model(path, Recipe, what="recipe", check=lambda r: recipe_problems(r, base_dir))
+    return load_yaml_model(path, Recipe, what="recipe", check=lambda r: recipe_problems(r, base_dir), text=text)
 
 
 def recipe_problems(recipe: Recipe, base_dir: Path) -> list[tuple[tuple, str]]:

@@ -8,8 +8,9 @@
 
 Stage names, the same in code, Prefect task, table and report: questions, decontaminate,
 sample, verify (the verifiers), filter (the readability filters), dedup, dataset. A sample is
-accepted when every check the recipe names (its verifiers and its filters) says pass; an
-`unverifiable` verifier verdict (no gold, no extractable answer) is not a pass.
+accepted when it has a verifier verdict and every one of its verdicts says pass (the rule, in
+SQL, is factory/funnel.py's); an `unverifiable` verifier verdict (no gold, no extractable
+answer) is not a pass.
 
 Nothing here touches the lake or Prefect, so each stage is tested with plain lists.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from storage.errors import BadInput
 
+from . import funnel
 from .decontaminate import contamination_labels, decontaminate_records
 from .filters import apply_filters
 from .recipe import Recipe
@@ -211,20 +213,36 @@ def verify_samples(
 _VERSION = f"1/math{math_check_version()}"
 
 
-def accepted_ids(verdicts: Iterable[dict], recipe: Recipe) -> set[str]:
-    """Samples whose verifier verdict and every filter verdict are `pass`."""
-    filters = {f"filter:{f}" for f in recipe.filters}
-    ok: dict[str, bool] = {}
-    verified: dict[str, bool] = defaultdict(bool)
-    for v in verdicts:
-        sid = v["sample_id"]
-        if v["check"] in filters:
-            ok[sid] = ok.get(sid, True) and v["status"] == "pass"
-        else:
-            ok.setdefault(sid, True)
-            verified[sid] = v["status"] == "pass"
-            ok[sid] = ok[sid] and verified[sid]
-    return {sid for sid, good in ok.items() if good and verified[sid]}
+def accepted_ids(verdicts: Iterable[dict], recipe: Recipe | None = None) -> set[str]:
+    """The samples the rule of factory/funnel.py accepts, computed in memory (the flow plans its
+    sampling rounds with it; tests/factory/test_funnel.py holds it to the SQL): among each
+    sample's newest verdicts, at least one verifier verdict, and every verdict, verifier or
+    `filter:*`, is `pass`. Rows with `created_at` (as read from the lake) are narrowed to each
+    sample's newest check version; rows without it (the flow's own, all of this code's version)
+    all count. `recipe` is not consulted: every filter's verdict counts (the reason is in
+    factory/funnel.py)."""
+    verified: dict[str, bool] = {}
+    passed: dict[str, bool] = {}
+    for v in _newest(verdicts):
+        sid, ok = v["sample_id"], v["status"] == "pass"
+        passed[sid] = passed.get(sid, True) and ok
+        if not v["check"].startswith("filter:"):
+            verified[sid] = verified.get(sid, True) and ok
+    return {sid for sid, ok in verified.items() if ok and passed[sid]}
+
+
+def _newest(verdicts: Iterable[dict]) -> list[dict]:
+    """Each sample's verdicts of the check version of its newest row (ties: the greater version,
+    a NULL version last), as factory/funnel.py `outcomes` picks them."""
+    rows = list(verdicts)
+    if not rows or any("created_at" not in v for v in rows):
+        return rows
+    newest: dict[str, tuple] = {}
+    for v in rows:
+        key = (v["created_at"], v.get("check_version") is not None, v.get("check_version") or "")
+        newest[v["sample_id"]] = max(newest.get(v["sample_id"], key), key)
+    return [v for v in rows if v.get("check_version") == newest[v["sample_id"]][2] or
+            (v.get("check_version") is None and not newest[v["sample_id"]][1])]
 
 
 def reject_reasons(verdicts: Iterable[dict]) -> dict[str, int]:
@@ -245,35 +263,28 @@ def _quote(s: str) -> str:
 
 def dataset_sql(recipe: Recipe, *, teacher: str, sources: Sequence[str]) -> str:
     """The dataset's SELECT: this teacher's samples on problems of the recipe's sources that
-    are not contaminated, pass every check the recipe names, and were kept by dedup. Rows carry
-    `messages` ready for SFT: the prompt turns plus the assistant turn with the reasoning inside
-    <think>. Saved with the dataset and pinned to a snapshot, so it reads the same forever."""
-    filters = [f"filter:{f}" for f in recipe.filters]
+    are not contaminated, accepted by the funnel's rule and kept by dedup (factory/funnel.py,
+    the same SQL the run summary and the report count with). Rows carry `messages` ready for
+    SFT: the prompt turns plus the assistant turn with the reasoning inside <think>. Saved with
+    the dataset and pinned to a snapshot, so it reads the same forever. `recipe` is not
+    consulted: every check's verdict counts, not only the recipe's."""
     src = ", ".join(_quote(s) for s in sorted(set(sources))) or "NULL"
-    filter_clause = (
-        f"AND s.sample_id NOT IN (SELECT sample_id FROM verdicts WHERE \"check\" IN ({', '.join(_quote(f) for f in filters)}) "
-        "AND status <> 'pass')\n  " if filters else ""
-    )
-    return f"""SELECT s.sample_id, s.problem_id, p.source, p.domain, p.problem, p.reference_answer,
-  list_append(s.messages, {{'role': 'assistant', 'content': '<think>\n' || coalesce(s.reasoning, '') || '\n</think>\n\n' || coalesce(s.answer, '')}}) AS messages,
-  s.reasoning, s.answer, s.teacher, s.model, s.sample_index, s.finish_reason, s.completion_tokens
-FROM samples s
-JOIN (SELECT problem_id, any_value(source) AS source, any_value(domain) AS domain, any_value(problem) AS problem,
-             any_value(reference_answer) AS reference_answer, max(len(coalesce(contamination, []))) AS hits
-      FROM problems GROUP BY problem_id) p ON p.problem_id = s.problem_id
-WHERE s.teacher = {_quote(teacher)} AND p.source IN ({src}) AND p.hits = 0
-  AND s.sample_id IN (SELECT sample_id FROM verdicts WHERE "check" NOT LIKE 'filter:%' AND status = 'pass')
-  AND s.sample_id NOT IN (SELECT sample_id FROM verdicts WHERE "check" NOT LIKE 'filter:%' AND status <> 'pass')
-  {filter_clause}AND s.sample_id IN (SELECT item_id FROM dedup WHERE item_kind = 'sample' AND kept)
-ORDER BY s.problem_id, s.sample_index"""
+    scope = f"""SELECT s.sample_id, s.created_at, s.problem_id, p.source, p.domain, p.problem, p.reference_answer,
+         list_append(s.messages, {{'role': 'assistant',
+                                   'content': '<think>\n' || coalesce(s.reasoning, '') || '\n</think>\n\n' || coalesce(s.answer, '')}}) AS messages,
+         s.reasoning, s.answer, s.teacher, s.model, s.sample_index, s.finish_reason, s.completion_tokens
+  FROM samples s
+  JOIN (SELECT problem_id, any_value(source) AS source, any_value(domain) AS domain, any_value(problem) AS problem,
+               any_value(reference_answer) AS reference_answer, max(len(coalesce(contamination, []))) AS hits
+        FROM problems GROUP BY problem_id) p ON p.problem_id = s.problem_id
+  WHERE s.teacher = {_quote(teacher)} AND p.source IN ({src}) AND p.hits = 0"""
+    return funnel.outcomes(scope) + """SELECT sample_id, problem_id, source, domain, problem, reference_answer, messages,
+  reasoning, answer, teacher, model, sample_index, finish_reason, completion_tokens
+FROM o WHERE accepted AND dedup_kept
+ORDER BY problem_id, sample_index"""
 
 
-# -- funnel --------------------------------------------------------------------------------
-
-
-def funnel(stage_counts: dict[str, int]) -> list[dict]:
-    order = ("problems", "requests", "samples", "verified", "filtered", "deduplicated", "dataset")
-    return [{"stage": s, "count": int(stage_counts.get(s, 0))} for s in order]
+# -- batches --------------------------------------------------------------------------------
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

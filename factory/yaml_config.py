@@ -55,24 +55,32 @@ def _locate(node: yaml.Node | None, loc: tuple) -> tuple[int | None, str]:
     return line, path or "(top level)"
 
 
-def load_yaml_model(
-    path: str | Path, model: type[M], *, what: str = "config", check: Callable[[M], list[tuple[tuple, str]]] | None = None
-) -> M:
-    """Parse and validate a YAML file; every problem is BadInput naming the file, the line, the
-    key path and what was expected. `check` looks at the validated model for what pydantic
-    cannot see (files on disk, one field against another) and returns (key path, message)
-    pairs, reported the same way."""
+def read_yaml_text(path: str | Path, *, what: str = "config") -> str:
+    """The file's text; BadInput naming the file when it is missing, a folder or not UTF-8."""
     path = Path(path)
     if path.is_dir():
         raise BadInput(f"{path}: is a folder; expected a {what} file (YAML)")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadInput(f"{path}: no such {what} file") from None
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read the {what} file: {exc.strerror}") from None
+
+
+def load_yaml_model(
+    path: str | Path, model: type[M], *, what: str = "config", check: Callable[[M], list[tuple[tuple, str]]] | None = None,
+    text: str | None = None,
+) -> M:
+    """Parse and validate a YAML file; every problem is BadInput naming the file, the line, the
+    key path and what was expected. `check` looks at the validated model for what pydantic
+    cannot see (files on disk, one field against another) and returns (key path, message)
+    pairs, reported the same way. `text`: the file's content, when the caller read it already."""
+    path = Path(path)
+    if text is None:
+        text = read_yaml_text(path, what=what)
     node = None
     try:
         node = yaml.compose(text)

@@ -7,7 +7,10 @@
 Without PREFECT_API_URL the flow runs on Prefect's ephemeral local server; with it, the run
 shows in that server's UI. The flow body only orders calls: each stage is a function in
 factory/ (see factory/stages.py) and each task here reads its batch from the lake, calls the
-stage, and commits the result exactly once (storage.Lake.commit under a content key).
+stage, and commits the result exactly once (storage.Lake.commit under a content key). A
+`with stage(...)` block times a stage and shows its progress; the sampling rounds' bookkeeping
+is factory/rounds.py's RoundState, and the summary's funnel is factory/funnel.py's SQL (the
+same that the report and the dataset count with).
 
 Resuming is the default: problems are keyed by their ids, samples by their request keys (the
 ledger: a key already in `samples` is never sent again), verdicts, dedup decisions and the
@@ -34,8 +37,10 @@ import os
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +51,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from factory import stages
+from factory import funnel, stages
 from factory.dedup import dedup_lake
 from factory.recipe import Recipe, load_recipe, recipe_hash
+from factory.rounds import RoundState
 from factory.sampler import Budget, SamplingStats, sample_teacher
 from factory.teachers import RequestGroup, make_teacher
+from factory.yaml_config import read_yaml_text
 from storage import Lake, LakeBusy, schemas
 from storage.errors import FactoryError
 
@@ -175,18 +182,14 @@ def decontaminate(lake: Lake, recipe: Recipe, new: list[dict], run_id: str) -> i
 
 @task(name="sample", cache_policy=NO_CACHE)
 def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None) -> SamplingStats:
-    total = sum(len(g.sample_indices) for g in groups)
-    progress.start("sample", total)
     seen = [0]
 
     def tick(stats: SamplingStats) -> None:
         progress.advance("sample", stats.received - seen[0])
         seen[0] = stats.received
 
-    stats = loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, on_progress=tick,
-                                    spill_dir=_spill_dir(lake)))
-    progress.end("sample", f"{stats.received} received, {stats.already_done} already in the lake")
-    return stats
+    return loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, on_progress=tick,
+                                   spill_dir=_spill_dir(lake)))
 
 
 # A verdicts row as verify_samples makes it (the lake adds run_id and created_at).
@@ -294,7 +297,7 @@ def dataset(lake: Lake, recipe: Recipe, sql: str, run_id: str, rhash: str) -> di
     return {"name": v.name, "version": v.version, "rows": v.row_count, "new": True}
 
 
-# -- the flow --------------------------------------------------------------------------------
+# -- the run's record, its lake reads, and the stages' timing ---------------------------------
 
 
 def _open_lake(store: str | None, catalog: str | None) -> Lake:
@@ -338,19 +341,98 @@ def _record_run(lake: Lake, run_id: str, recipe_text: str, rhash: str, status: s
     commit(lake, "runs", [row], f"runs:{run_id}:{status}:{uuid.uuid4().hex}", run_id)
 
 
-def _problem_state(lake: Lake, ids: list[str]) -> dict[str, dict]:
-    """For each of the recipe's problems: contaminated or not, and kept by problem dedup."""
+@dataclass
+class Run:
+    """One run: the recipe as read (the file is read once: its text is what `runs` records), the
+    lake it writes, its id, and the seconds each stage took."""
+
+    path: Path
+    text: str
+    recipe: Recipe
+    rhash: str
+    lake: Lake
+    run_id: str
+    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def record(self, status: str, counts: dict | None = None) -> None:
+        """A `runs` row: started, incomplete, finished (with the summary) or failed."""
+        _record_run(self.lake, self.run_id, self.text, self.rhash, status, self.started, counts)
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Record a run that raised `exc` as failed (an incomplete one is recorded already)."""
+        if isinstance(exc, RunIncomplete):
+            return
+        try:
+            self.record("failed", {"seconds": self.seconds})
+        except Exception:  # the lake itself may be what failed: the original error matters more
+            log.exception("could not record the failed run")
+
+
+def start_run(recipe_path: str, store: str | None, catalog: str | None) -> Run:
+    """Read and check the recipe, open the lake, pick the run id (resuming an unfinished run of
+    the same recipe) and record the start."""
+    path = Path(recipe_path)
+    text = read_yaml_text(path, what="recipe")
+    recipe = load_recipe(path, text=text)
+    rhash = recipe_hash(recipe)
+    lake = _open_lake(store, catalog)
+    run = Run(path, text, recipe, rhash, lake, _run_id(lake, recipe, rhash))
+    run.record("started")
+    if "code" in recipe.verify:
+        ensure_sandbox_limit(recipe.sandbox_workers)
+    log.info("run %s of recipe %s (%s)", run.run_id, recipe.name, rhash[:12])
+    return run
+
+
+class Stage:
+    """A stage as its `with stage(...)` block sees it: `start(total)` when its size is only known
+    inside the block, and `note`, the line shown when it ends."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.note = name, ""
+
+    def start(self, total: int | None = None) -> None:
+        progress.start(self.name, total)
+
+
+@contextmanager
+def stage(name: str, seconds: dict[str, float], total: int | None = None, *, start: bool = True) -> Iterator[Stage]:
+    """Time a stage into `seconds[name]` (rounds add up) and show it: progress starts on entry
+    (with start=False, at `s.start(total)`) and ends with `s.note`. A stage that raises is
+    neither timed nor ended: the run's failure is what shows."""
+    s = Stage(name)
+    if start:
+        s.start(total)
+    t0 = time.perf_counter()
+    yield s
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+    progress.end(name, s.note)
+
+
+def new_problems(lake: Lake, problems: list[dict]) -> list[dict]:
+    """The problems the lake does not hold yet: only these are decontaminated and committed."""
+    known = lake.existing("problems", "problem_id", [p["problem_id"] for p in problems])
+    return [p for p in problems if p["problem_id"] not in known]
+
+
+def eligible_problems(lake: Lake, problems: list[dict]) -> list[dict]:
+    """The problems to sample: no benchmark hit, and kept by problem dedup."""
     got = lake.query(
         "SELECT p.problem_id, max(len(coalesce(p.contamination, []))) AS hits, "
         "bool_or(coalesce(d.kept, true)) AS kept "
         "FROM problems p JOIN _ids i ON p.problem_id = i.v "
         "LEFT JOIN dedup d ON d.item_id = p.problem_id AND d.item_kind = 'problem' GROUP BY 1",
-        tables={"_ids": _ids_table(ids)},
+        tables={"_ids": _ids_table(p["problem_id"] for p in problems)},
     ).to_pylist()
-    return {r["problem_id"]: r for r in got}
+    state = {r["problem_id"]: r for r in got}
+    return [p for p in problems if state.get(p["problem_id"], {}).get("hits", 0) == 0 and state.get(p["problem_id"], {}).get("kept", True)]
 
 
-def _verdicts_for(lake: Lake, keys: list[str]) -> list[dict]:
+def verdicts_for(lake: Lake, keys: list[str]) -> list[dict]:
+    """(sample_id, check, status) of the samples' verdicts of this code's check version."""
+    if not keys:
+        return []
     return lake.query(
         "SELECT v.sample_id, v.\"check\", v.status FROM verdicts v JOIN _k k ON v.sample_id = k.v WHERE v.check_version = ?",
         [stages._VERSION], tables={"_k": _ids_table(keys)},
@@ -362,7 +444,8 @@ def _verdict_keys(table: pa.Table) -> list[dict]:
     return [{"sample_id": a, "check": b, "status": c} for a, b, c in zip(*cols)]
 
 
-def _unverified(lake: Lake, keys: list[str]) -> list[dict]:
+def unverified(lake: Lake, keys: list[str]) -> list[dict]:
+    """The samples of these keys without verdicts of this code's check version (a bump redoes them)."""
     return lake.query(
         "SELECT s.sample_id, s.problem_id, s.reasoning, s.answer, s.completion, s.finish_reason, s.completion_tokens "
         "FROM samples s JOIN _k k ON s.sample_id = k.v "
@@ -371,197 +454,105 @@ def _unverified(lake: Lake, keys: list[str]) -> list[dict]:
     ).to_pylist()
 
 
-def _counts(lake: Lake, problems: list[dict], keys: dict[str, str], recipe: Recipe, ds: dict | None,
-            stats: list[SamplingStats], seconds: dict[str, float], verdicts: list[dict] | None = None) -> dict:
-    """The yield funnel of this recipe's problems and request keys, read back from the lake (so
-    a resumed run reports the whole, not just its last attempt), per source."""
-    source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
-    key_tab = pa.table({"k": pa.array(list(keys), pa.string()), "p": pa.array(list(keys.values()), pa.string())})
-    # One query (each DuckLake query pays its own catalog and file reads): every sample of the
-    # keys with its tokens, whether dedup kept it and whether the dataset version holds it.
-    in_ds = f"s.sample_id IN (SELECT sample_id FROM ({ds['sql']}))" if ds else "false"
-    got = lake.query(
-        "SELECT s.sample_id, s.problem_id, s.prompt_tokens, s.completion_tokens, s.cost_usd, "
-        "s.sample_id IN (SELECT item_id FROM dedup WHERE item_kind = 'sample' AND kept) AS kept, "
-        f"{in_ds} AS in_dataset FROM samples s JOIN _k k ON s.sample_id = k.k",
-        tables={"_k": key_tab},
-    ).to_pylist()
-    if verdicts is None:
-        verdicts = _verdicts_for(lake, [r["sample_id"] for r in got])
-    verified = {v["sample_id"] for v in verdicts if not v["check"].startswith("filter:") and v["status"] == "pass"}
-    accepted = stages.accepted_ids(verdicts, recipe)
-    kept = {r["sample_id"] for r in got if r["kept"]} & accepted
-    ds_ids = {r["sample_id"] for r in got if r["in_dataset"]}
-    by_source: dict[str, Counter] = defaultdict(Counter)
-    for p in problems:
-        by_source[source_of[p["problem_id"]]]["problems"] += 1
-    for k, pid in keys.items():
-        by_source[source_of.get(pid, "?")]["requests"] += 1
-    for r in got:
-        c = by_source[source_of.get(r["problem_id"], "?")]
-        sid = r["sample_id"]
-        c["samples"] += 1
-        c["verified"] += sid in verified
-        c["filtered"] += sid in accepted
-        c["deduplicated"] += sid in kept
-        c["dataset"] += sid in ds_ids
-    total = Counter()
-    for c in by_source.values():
-        total.update(c)
-    rejected = [v for v in verdicts if v["status"] != "pass"]
+def missing_keys(lake: Lake, rounds: RoundState) -> list[str]:
+    """Planned keys without a sample. The sampler counts what it committed: only when it says
+    keys are missing is the lake asked which (the failure message lists them)."""
+    if not rounds.may_miss:
+        return []
+    return sorted(set(rounds.keys) - lake.existing("samples", "request_key", list(rounds.keys)))
+
+
+def teacher_questions(run: Run, loop: _Loop, teacher, problems: list[dict]) -> list[dict]:
+    """The problems each teacher-written source writes from its seed rows."""
+    out: list[dict] = []
+    for src, seeds in stages.teacher_written(run.recipe.questions, problems):
+        out += written(run.lake, loop, teacher, src, quote(seeds), run.run_id, quote(problems + out))
+    return out
+
+
+def verify_planned(run: Run, s: Stage, rounds: RoundState) -> None:
+    """Verify and filter the planned samples that have no verdicts of this code's version, then
+    add the verdicts an earlier attempt stored for the others (read from the lake once)."""
+    todo = unverified(run.lake, list(rounds.keys))
+    s.start(len(todo))
+    table = verify_round(run.lake, todo, rounds.problems, run.recipe, run.run_id)
+    rounds.add_verdicts(_verdict_keys(table), covering=[t["sample_id"] for t in todo])
+    earlier = rounds.unasked()
+    rounds.add_verdicts(verdicts_for(run.lake, earlier), covering=earlier)
+
+
+def summarize(lake: Lake, problems: list[dict], rounds: RoundState, seconds: dict[str, float], ds: dict | None = None) -> dict:
+    """The run's summary (runs.counts, the Prefect artifact, the CLI's table): the funnel of
+    factory/funnel.py over the run's problems and request keys, read back from the lake, plus
+    the stages' time, what this attempt sent, and the dataset version."""
     return {
-        "funnel": stages.funnel(total),
-        "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
-        "rejects": stages.reject_reasons(rejected),
-        "tokens": {"prompt": sum(r["prompt_tokens"] or 0 for r in got), "completion": sum(r["completion_tokens"] or 0 for r in got)},
-        "cost_usd": round(sum(r["cost_usd"] or 0.0 for r in got), 6),
+        **funnel.run_counts(lake, problems, rounds.keys, ds and ds["sql"]),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "sent_this_attempt": sum(s.received for s in stats),
-        "budget_reached": any(s.stopped_by_budget for s in stats),
+        "sent_this_attempt": rounds.sent,
+        "budget_reached": rounds.budget_reached,
         "dataset": ds and {k: ds[k] for k in ("name", "version", "rows", "new")},
     }
+
+
+def _close(loop: _Loop, teacher, lake: Lake) -> None:
+    if teacher is not None:
+        try:
+            loop.run(teacher.aclose())
+        except Exception:
+            log.exception("closing the teacher")
+    loop.close()
+    lake.close()
+
+
+# -- the flow --------------------------------------------------------------------------------
 
 
 @flow(name="factory-run", persist_result=False, log_prints=False)
 def factory_run(recipe_path: str, store: str | None = None, catalog: str | None = None, limit: int | None = None) -> dict:
     """Run a recipe end to end; returns the run's summary (also stored in `runs.counts`)."""
-    path = Path(recipe_path)
-    recipe = load_recipe(path)
-    rhash = recipe_hash(recipe)
-    lake = _open_lake(store, catalog)
-    run_id = _run_id(lake, recipe, rhash)
-    started = dt.datetime.now(dt.UTC)
-    seconds: dict[str, float] = {}
-    _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "started", started)
-    if "code" in recipe.verify:
-        ensure_sandbox_limit(recipe.sandbox_workers)
-    log.info("run %s of recipe %s (%s)", run_id, recipe.name, rhash[:12])
-    loop = _Loop()
-    teacher = None
-    stats: list[SamplingStats] = []
+    run = start_run(recipe_path, store, catalog)
+    lake, recipe, run_id, seconds = run.lake, run.recipe, run.run_id, run.seconds
+    loop, teacher = _Loop(), None
     try:
-        # questions + decontaminate: only problems new to the lake are checked and committed.
-        t0 = time.perf_counter()
-        progress.start("questions")
-        problems = questions(recipe, path.parent, limit)
-        teacher = make_teacher(recipe.teacher.to_config())
-        for src, seeds in stages.teacher_written(recipe.questions, problems):
-            problems += written(lake, loop, teacher, src, quote(seeds), run_id, quote(problems))
-        ids = [p["problem_id"] for p in problems]
-        known = lake.existing("problems", "problem_id", ids)
-        new = [p for p in problems if p["problem_id"] not in known]
-        progress.end("questions", f"{len(problems)} problems, {len(new)} new")
-        seconds["questions"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        progress.start("decontaminate", len(new))
-        decontaminate(lake, recipe, quote(new), run_id)
-        if recipe.dedup.problems:
-            dedup(lake, recipe, run_id, "problems")
-        state = _problem_state(lake, ids)
-        eligible = [p for p in problems if state.get(p["problem_id"], {}).get("hits", 0) == 0 and state.get(p["problem_id"], {}).get("kept", True)]
-        progress.end("decontaminate", f"{len(problems) - len(eligible)} dropped (benchmark hits or duplicates)")
-        seconds["decontaminate"] = time.perf_counter() - t0
-        by_id = {p["problem_id"]: p for p in eligible}
-
-        # sample -> verify + filter, in rounds when adaptive sampling is on.
-        config = teacher.config
-        sampling = recipe.teacher.sampling
-        counts = {pid: (0, 0) for pid in by_id}
-        keys: dict[str, str] = {}  # request key -> problem id, every key planned so far
-        spent_tokens, spent_usd = 0, 0.0
-        ok: set[str] = set()
-        verdicts: list[dict] = []  # (sample_id, check, status) of every planned key verified so far
-        asked: set[str] = set()  # keys whose verdicts are in `verdicts` (or that have none yet)
-        seconds["sample"] = seconds["verify"] = 0.0
-        while True:
-            wanted = stages.plan_round(counts, recipe)
-            if not wanted:
-                break
-            groups = [RequestGroup(pid, tuple(recipe.prompt.messages(by_id[pid])), sampling, idx) for pid, idx in wanted.items()]
-            for g in groups:
-                keys.update({k: g.problem_id for k in g.keys(config).values()})
-            b = recipe.budget
-            budget = None
-            if b.max_tokens or b.max_usd:
-                budget = Budget(max_tokens=b.max_tokens - spent_tokens if b.max_tokens else None,
-                                max_usd=b.max_usd - spent_usd if b.max_usd else None)
-            t0 = time.perf_counter()
-            st = sample(lake, loop, teacher, quote(groups), run_id, budget)
-            seconds["sample"] += time.perf_counter() - t0
-            stats.append(st)
-            spent_tokens += st.prompt_tokens + st.completion_tokens
-            spent_usd += st.cost_usd
-
-            t0 = time.perf_counter()
-            todo = _unverified(lake, list(keys))
-            progress.start("verify", len(todo))
-            verdicts += _verdict_keys(verify_round(lake, todo, by_id, recipe, run_id))
-            seconds["verify"] += time.perf_counter() - t0
-            # Verdicts of keys verified by an earlier attempt (a resumed run) come from the lake, once.
-            asked.update(s["sample_id"] for s in todo)
-            earlier = [k for k in keys if k not in asked]
-            if earlier:
-                verdicts += _verdicts_for(lake, earlier)
-                asked.update(earlier)
-            ok = stages.accepted_ids(verdicts, recipe)
-            have: Counter = Counter(keys.values())
-            good: Counter = Counter(keys[s] for s in ok if s in keys)
-            counts = {pid: (have[pid], good[pid]) for pid in by_id}
-            progress.end("verify", f"{len(ok)} accepted of {len(keys)} planned")
-            if st.stopped_by_budget or st.missing or recipe.adaptive.accepted_per_problem is None:
-                break
-        # The sampler counts what it committed; only when it says keys are missing is the lake
-        # asked which (the failure message lists them).
-        missing = sorted(set(keys) - lake.existing("samples", "request_key", list(keys))) if any(s.missing for s in stats) else []
-        if missing and not any(s.stopped_by_budget for s in stats):
-            counts_ = _counts(lake, eligible, keys, recipe, None, stats, seconds, verdicts)
-            _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "incomplete", started, counts_)
-            problems_missing = sorted({keys[k] for k in missing})
-            errors = Counter()
-            for s in stats:
-                errors.update(s.errors)
-            raise RunIncomplete(
-                f"run {run_id}: {len(missing)} of {len(keys)} requests got no sample (problems: "
-                f"{', '.join(problems_missing[:10])}{' ...' if len(problems_missing) > 10 else ''}; teacher errors: "
-                f"{dict(errors) or 'none recorded'}). Everything received is stored; run the same command again to resume."
-            )
-
-        # dedup the accepted samples (across runs), then the dataset version.
-        t0 = time.perf_counter()
-        progress.start("dedup")
-        accepted = sorted(ok)  # the last round's accepted samples: every planned key's verdicts
-        dd = dedup(lake, recipe, run_id, "samples", quote(accepted))
-        progress.end("dedup", f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept")
-        seconds["dedup"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        progress.start("dataset")
-        sql = stages.dataset_sql(recipe, teacher=config.name, sources=sorted({p.get("source") or "" for p in problems}))
-        ds = dataset(lake, recipe, sql, run_id, rhash)
-        ds["sql"] = sql
-        progress.end("dataset", f"{ds['name']} v{ds['version']}: {ds['rows']} rows")
-        seconds["dataset"] = time.perf_counter() - t0
-        summary = _counts(lake, eligible, keys, recipe, ds, stats, seconds, verdicts)
-        summary["run_id"] = run_id
-        summary["problems_dropped"] = len(problems) - len(eligible)
-        _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "finished", started, summary)
+        with stage("questions", seconds) as s:  # only problems new to the lake are checked and committed
+            problems = questions(recipe, run.path.parent, limit)
+            teacher = make_teacher(recipe.teacher.to_config())
+            problems += teacher_questions(run, loop, teacher, problems)
+            new = new_problems(lake, problems)
+            s.note = f"{len(problems)} problems, {len(new)} new"
+        with stage("decontaminate", seconds, len(new)) as s:
+            decontaminate(lake, recipe, quote(new), run_id)
+            if recipe.dedup.problems:
+                dedup(lake, recipe, run_id, "problems")
+            eligible = eligible_problems(lake, problems)
+            s.note = f"{len(problems) - len(eligible)} dropped (benchmark hits or duplicates)"
+        rounds = RoundState(recipe, {p["problem_id"]: p for p in eligible}, teacher.config)
+        seconds.update(sample=0.0, verify=0.0)  # shown even when no round runs
+        while groups := rounds.plan():  # sample -> verify + filter, more rounds when adaptive sampling is on
+            with stage("sample", seconds, sum(len(g.sample_indices) for g in groups)) as s:
+                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget()))
+            with stage("verify", seconds, start=False) as s:
+                verify_planned(run, s, rounds)
+                s.note = rounds.close_round()
+        if rounds.incomplete(missing := missing_keys(lake, rounds)):
+            run.record("incomplete", summarize(lake, eligible, rounds, seconds))
+            raise RunIncomplete(rounds.missing_message(run_id, missing))
+        with stage("dedup", seconds) as s:  # the accepted samples, against every run's
+            dd = dedup(lake, recipe, run_id, "samples", quote(sorted(rounds.accepted)))
+            s.note = f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept"
+        with stage("dataset", seconds) as s:
+            sql = stages.dataset_sql(recipe, teacher=teacher.config.name, sources=sorted({p.get("source") or "" for p in problems}))
+            ds = {**dataset(lake, recipe, sql, run_id, run.rhash), "sql": sql}
+            s.note = f"{ds['name']} v{ds['version']}: {ds['rows']} rows"
+        summary = {**summarize(lake, eligible, rounds, seconds, ds), "run_id": run_id, "problems_dropped": len(problems) - len(eligible)}
+        run.record("finished", summary)
         _artifact(recipe, summary)
         return summary
-    except RunIncomplete:
-        raise
-    except BaseException:
-        try:
-            _record_run(lake, run_id, path.read_text(encoding="utf-8"), rhash, "failed", started, {"seconds": seconds})
-        except Exception:  # the lake itself may be what failed: the original error matters more
-            log.exception("could not record the failed run")
+    except BaseException as exc:
+        run.record_failure(exc)
         raise
     finally:
-        if teacher is not None:
-            try:
-                loop.run(teacher.aclose())
-            except Exception:
-                log.exception("closing the teacher")
-        loop.close()
-        lake.close()
+        _close(loop, teacher, lake)
 
 
 def _artifact(recipe: Recipe, summary: dict) -> None:
@@ -569,7 +560,7 @@ def _artifact(recipe: Recipe, summary: dict) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        from flows.report import funnel_markdown
+        from flows.report_html import funnel_markdown
 
         key = "funnel-" + "".join(c if c.isalnum() else "-" for c in recipe.name.lower())
         create_markdown_artifact(markdown=funnel_markdown(summary), key=key[:60], description=f"yield funnel of {recipe.name}")

@@ -354,3 +354,36 @@ def test_flow_heartbeat_is_off_only_without_a_prefect_server(monkeypatch):
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with temporary_settings(restore_defaults={"api.url"}):
         assert beat() == 60
+
+
+def test_flow_summary_report_funnel_and_dataset_count_agree(tmp_path):
+    """One lake with pass, fail, unverifiable and error verdicts, two check versions and a filter
+    outside the recipe (tests/factory/test_funnel.py lists its cases): the flow's summary, the
+    report's funnel computed from the tables, and the dataset's row count say the same."""
+    from factory import stages
+    from factory.rounds import RoundState
+    from flows.pipeline import summarize, verdicts_for
+    from flows.report import collect_report
+    from tests.factory.test_funnel import ACCEPTED, REJECTS, RUN, SAMPLES, TEACHER, WANT, build_lake, problem_of, recipe
+
+    build_lake(tmp_path / "s")
+    problems = [{"problem_id": f"p{i}", "source": "src", "problem": f"{i}+{i}?"} for i in range(4)]
+    rounds = RoundState(recipe(), {p["problem_id"]: p for p in problems}, recipe().teacher.to_config())
+    rounds.keys = {sid: problem_of(sid) for sid in SAMPLES}
+    with Lake.open(str(tmp_path / "s")) as lake:
+        sql = stages.dataset_sql(recipe(), teacher=TEACHER, sources=["src"])
+        saved = lake.save_dataset("f", sql, run_id=RUN)
+        ds = {"name": "f", "version": saved.version, "rows": saved.row_count, "new": True, "sql": sql}
+        summary = summarize(lake, problems, rounds, {}, ds)
+        report = collect_report(lake, RUN).counts
+        # The round planner's in-memory view of the same samples accepts the same ones.
+        rounds.add_verdicts(verdicts_for(lake, list(rounds.keys)), covering=rounds.keys)
+        rounds.close_round()
+    flow_funnel = {f["stage"]: f["count"] for f in summary["funnel"]}
+    report_funnel = {f["stage"]: f["count"] for f in report["funnel"]}
+    for stage in WANT:
+        assert flow_funnel[stage] == report_funnel[stage] == WANT[stage], stage
+    assert saved.row_count == flow_funnel["dataset"] == report_funnel["dataset"]
+    assert summary["rejects"] == report["rejects"] == REJECTS
+    assert summary["by_source"]["src"]["filtered"] == report["by_source"]["src"]["filtered"] == len(rounds.accepted)
+    assert rounds.accepted == ACCEPTED

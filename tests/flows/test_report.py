@@ -7,15 +7,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from factory.stages import STAGES
 from flows.cli import app
-from flows.report import (
-    STAGES,
-    collect_report,
-    funnel_markdown,
-    read_metrics,
-    render_html,
-    resolve_scope,
-)
+from flows.report import collect_report, read_metrics, resolve_scope
+from flows.report_html import funnel_markdown, render_html
 from storage import BadInput, Lake
 
 HOSTILE = '<script>alert("x")</script>'
