@@ -6,7 +6,7 @@
 
 The page is one file with no external scripts, fonts or images: charts are inline SVG and the
 style is inline CSS, so it opens offline, mails as one attachment and survives as a CI artifact.
-Registered on `flows.cli.app` by importing this module (flows/cli.py does).
+flows/cli.py registers `report` as `factory report`.
 
 Two halves, so the flow can reuse the rendering for its Prefect artifact:
 - this module: `collect_report(lake, target, metrics)` reads the lake (SQL over `runs`,
@@ -40,6 +40,8 @@ from typing import Annotated, Any
 import typer
 
 from factory import funnel
+from flows.options import Catalog, Store, err
+from flows.options import run_job as _run
 from flows.report_html import MAX_REJECT_ROWS, _fmt, _nice_step, render_html
 from storage import BadInput, Lake
 from storage.files import atomic_output, check_output
@@ -424,14 +426,12 @@ def write_report(data: ReportData, output: Path) -> None:
 
 # -- the command --------------------------------------------------------------------------
 
-from flows.options import Catalog, Store, err  # noqa: E402
-from flows.options import run_job as _run  # noqa: E402
-
-
 def report(
-    target: Annotated[str | None, typer.Argument(metavar="RUN_ID|DATASET", help="A run id, a dataset NAME or NAME@VERSION, or nothing for the whole lake.")] = None,
+    target: Annotated[str | None, typer.Argument(metavar="RUN_ID|DATASET", help="A run id, a dataset NAME or NAME@VERSION, "
+                                                                                         "or nothing for the whole lake.")] = None,
     output: Annotated[Path, typer.Option("--output", metavar="PATH", help="HTML file to write.")] = Path("report.html"),
-    metrics: Annotated[list[Path], typer.Option("--metrics", metavar="PATH", help="A training metrics CSV (step plus numeric columns), or a folder of them, plotted per column. Repeatable.")] = [],
+    metrics: Annotated[list[Path], typer.Option("--metrics", metavar="PATH", help="A training metrics CSV (step plus numeric columns), "
+                                                                                   "or a folder of them, plotted per column. Repeatable.")] = [],
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
