@@ -15,7 +15,9 @@ e.g. `questions[2].fields.questoin: unknown field`). The three kinds, told apart
   metadata, difficulty, setup, entry_point}, limit, name, answer_format: auto|gsm8k|boxed|plain,
   domain, verifier, split (hf), on_bad_row: fail|skip, show_tests: N (code)}` -> seeds.py;
 - generators: `{source: generator, generator: addition|arithmetic|linear|countdown|sorting, count,
-  difficulty: 1..5, seed}` -> generators.py;
+  difficulty: 1..5, seed, split: all|train|test, test_share}` -> generators.py; `split: train`
+  keeps `count` distinct problems of the train side of the hash split (splits.py), the side an
+  eval's `--split test` never draws from;
 - teacher-written: `{source: teacher_written, from: <index or name of another source>, count,
   modes: [harder, new_context, combine], ...}` -> writer.py; the flow supplies the teacher and
   the seed rows (those of the named source) and calls `write_questions(**src.write_options())`.
@@ -31,13 +33,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer, model_validator
 
 from storage.errors import BadInput
 
 from ..verifiers.base import Verdict
 from .generators import CHECKERS, GENERATORS, generate
 from .seeds import FieldMap, read_seeds
+from .splits import DEFAULT_TEST_SHARE, Split, generate_split, split_of
 from .writer import MODES, WriteStats, write_questions
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "iter_problems",
     "parse_source",
     "source_name",
+    "split_of",
     "write_questions",
 ]
 
@@ -79,7 +83,10 @@ class SeedSource(BaseModel):
 
 
 class GeneratorSource(BaseModel):
-    """Procedural problems with exact answers."""
+    """Procedural problems with exact answers. `split: train` (or `test`) keeps only the problems
+    on that side of the hash split (splits.py), `count` distinct ones, so an eval on the family's
+    test side never sees a problem this source made; `all` (the default) draws `count` items as
+    they come."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +96,22 @@ class GeneratorSource(BaseModel):
     difficulty: int = Field(2, ge=1, le=5)
     seed: int = 0
     name: str | None = None
+    split: Split = "all"
+    test_share: float = Field(DEFAULT_TEST_SHARE, gt=0.0, lt=1.0, description="the test side's share of the family")
+
+    @model_validator(mode="after")
+    def _share_needs_split(self) -> GeneratorSource:
+        if "test_share" in self.model_fields_set and self.split == "all":
+            raise ValueError("test_share is only for split: train or split: test")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        out = handler(self)
+        if self.split == "all" and isinstance(out, dict):  # a recipe written before splits keeps its hash
+            out.pop("split", None)
+            out.pop("test_share", None)
+        return out
 
 
 class TeacherWrittenSource(BaseModel):
@@ -158,7 +181,7 @@ def parse_source(data: Any, where: str = "source") -> SeedSource | GeneratorSour
         for err in exc.errors():
             path = _path(err["loc"])
             key = f"{where}.{path}" if path else where
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             if err["type"] == "union_tag_invalid":
                 msg = f"source {data.get('source')!r}: expected one of {', '.join(_KINDS)}"
             problems.append(f"{key}: {msg}")
@@ -182,7 +205,12 @@ def iter_problems(source, *, base_dir: Path) -> Iterator[dict]:
     Teacher-written sources need a teacher: the flow calls `write_questions` for them."""
     source = parse_source(source)
     if isinstance(source, GeneratorSource):
-        rows = generate(source.generator, count=source.count, difficulty=source.difficulty, seed=source.seed)
+        if source.split == "all":
+            rows = generate(source.generator, count=source.count, difficulty=source.difficulty, seed=source.seed)
+        else:
+            rows = iter(generate_split(source.generator, count=source.count, difficulty=source.difficulty, seed=source.seed,
+                                       split=source.split, test_share=source.test_share,
+                                       where=f"generator source {source_name(source)}"))
         if source.name:
             return ({**r, "source": source.name} for r in rows)
         return rows
