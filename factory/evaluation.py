@@ -1,5 +1,6 @@
-"""Student evaluation: sample a model on a shipped benchmark, check every sample with the
-factory's own verifiers, store the records in the lake's `evals` table, and score them.
+"""Student evaluation: sample a model on a shipped benchmark, a JSONL of problems with answers or
+a procedural family's held-out split, check every sample with the factory's own verifiers,
+store the records in the lake's `evals` table, and score them.
 
     from storage import Lake
     from factory.evaluation import compare, evaluate
@@ -10,24 +11,35 @@ factory's own verifiers, store the records in the lake's `evals` table, and scor
 
     factory eval smollm2 --benchmark gsm8k --samples 4 --limit 10 --max-tokens 256   # the CLI
 
+    from factory.benchmarks.problem_sets import family_set
+    held = family_set("addition", count=200, difficulty=2, split="test", system="...", template="{problem}")
+    evaluate(lake, "smollm2", held, temperature=0.0, max_tokens=32)    # the family's held-out side
+
 MODEL is "smollm2" (the embedded SmolLM2-135M-Instruct), a local checkpoint or exported student
 folder (transformers or vllm backend), or a model served behind an OpenAI-compatible endpoint
 (`backend="openai"`, `base_url=...`). Nothing here imports torch: an endpoint eval needs none.
 
 How an eval runs:
-- The prompt is the benchmark's registered format (factory.benchmarks), sent as one user turn of
-  a chat; the format text is stored on every row (`prompt_format`).
+- The problems and the prompt are a ProblemSet (factory/benchmarks/problem_sets.py): a shipped
+  benchmark in its registered format, or a file's or a family's problems in a recipe's prompt
+  (a system turn and a template), so a student is scored on the prompt its data was made
+  with. The user turn (after the system turn, when there is one) is sent as a chat; the
+  format text is stored on every row (`prompt_format`), and the set's name in `benchmark`.
 - `eval_id` is a hash of the model (with its revision: for a folder, a fingerprint of its
-  files), the backend, the benchmark, the prompt format and the sampling parameters. Neither
-  the sample count nor the item limit is in it: a later run with more samples or items extends
-  the same eval, and its scores cover what is stored.
+  files), the backend, the benchmark, the prompt format (system text included) and the
+  sampling parameters, and for a file or a family its content (a digest of the file's
+  problems, the family's spec), so two files never share results. Neither the sample count nor
+  the item limit is in it: a later run with more samples or items extends the same eval, and
+  its scores cover what is stored.
 - Resume: the ledger is the `evals` table itself. An (eval_id, item, sample index) that has a
   row is done and never requested again. Rows (completion and verdict together) are committed
   as groups finish, in exactly-once batches (the sampler's worker pool and committer), so a killed eval loses at most the requests in
   flight and the answers of the commit under way; rerunning the same command sends only what
   is missing. A rerun with nothing missing does not even load the model.
 - Verdicts come from the same verifiers that filter the training data (factory.verifiers'
-  registry): `math` for math benchmarks, `code` in long-lived sandboxes for HumanEval/MBPP.
+  registry): `math` for math benchmarks, `code` in long-lived sandboxes for HumanEval/MBPP,
+  and for a file's or a family's item the checker it names (`factory.questions.check_sample`:
+  countdown, sorting, exact, choice), as `factory run` checks the family's training samples.
   `correct` is status == "pass"; `unverifiable` (no answer found) and `error` (the checker
   broke) count as not correct and are counted apart in `Scores.statuses`.
 
@@ -45,8 +57,9 @@ Scores (computed from the stored rows, so a resumed eval scores exactly like a f
 An endpoint's model is known only by the name it is served under: two different models served
 as "default" are one eval unless `revision` tells them apart (pass --revision).
 
-Not covered: the completions API without a chat template (base models), system prompts,
-few-shot prompts, and per-item sample budgets; a completion cut by max_tokens is judged as it
+Not covered: the completions API without a chat template (base models), few-shot examples as
+separate chat turns (they go in the system text, as recipes/quickstart.yaml does), and
+per-item sample budgets; a completion cut by max_tokens is judged as it
 is (the verifier may still find an answer in its unfinished reasoning).
 """
 
@@ -73,8 +86,7 @@ from storage import BadInput, Lake
 from storage.errors import FactoryError
 
 from .benchmarks import BENCHMARKS, Benchmark
-from .benchmarks import get as get_benchmark
-from .benchmarks import load as load_benchmark
+from .benchmarks.problem_sets import ProblemSet, benchmark_set
 from .records import content_hash
 from .sampler import Committer, check_teacher, requested, send_groups
 from .teachers import Endpoint, RequestGroup, Sampling, TeacherConfig, TeacherError, make_teacher
@@ -350,14 +362,18 @@ def _embedded_revision() -> str | None:
         return None  # the backend names the pip line when it loads
 
 
-def eval_id(config: TeacherConfig, benchmark: Benchmark, sampling: Sampling) -> str:
-    """The identity of an eval: model and revision, backend, benchmark, prompt format, sampling."""
-    return content_hash("eval", config.model, config.revision, config.backend, benchmark.name,
-                        benchmark.prompt_format, sampling.model_dump())
+def eval_id(config: TeacherConfig, benchmark: Benchmark | ProblemSet, sampling: Sampling) -> str:
+    """The identity of an eval: model and revision, backend, benchmark, prompt format, sampling,
+    and the problems' content for a file or a family (a shipped benchmark's ids are unchanged)."""
+    parts = [config.model, config.revision, config.backend, benchmark.name, benchmark.prompt_format, sampling.model_dump()]
+    content = getattr(benchmark, "content", None)
+    return content_hash("eval", *parts, *([content] if content else []))
 
 
-def code_tests(benchmark: Benchmark, item: dict) -> dict:
-    """The code verifier's tests for a HumanEval or MBPP item."""
+def code_tests(benchmark: Benchmark | ProblemSet, item: dict) -> dict:
+    """The code verifier's tests for a HumanEval or MBPP item, or a file's item (its own)."""
+    if isinstance(item.get("tests"), dict):  # already the code verifier's object (a problems file)
+        return item["tests"]
     if benchmark.name == "humaneval":
         return {"style": "asserts", "entry_point": item["entry_point"], "test": item["tests"], "prompt": item["problem"]}
     tests = item["tests"]
@@ -365,7 +381,9 @@ def code_tests(benchmark: Benchmark, item: dict) -> dict:
             "setup": item.get("test_setup_code") or ""}
 
 
-def messages_for(benchmark: Benchmark, item: dict) -> tuple[dict, ...]:
+def messages_for(benchmark: Benchmark | ProblemSet, item: dict) -> tuple[dict, ...]:
+    if isinstance(benchmark, ProblemSet):
+        return benchmark.messages(item)
     return ({"role": "user", "content": benchmark.prompt(item)},)
 
 
@@ -374,10 +392,10 @@ def messages_for(benchmark: Benchmark, item: dict) -> tuple[dict, ...]:
 
 class Checker:
     """Verdicts for one item's completions with the factory's verifiers (the registry's math or
-    code); thread-safe. Code runs in long-lived sandboxes (started on first use, `workers` of
-    them, one per item being checked), closed by `close()`."""
+    code, else the checker the item names); thread-safe. Code runs in long-lived sandboxes
+    (started on first use, `workers` of them, one per item being checked), closed by `close()`."""
 
-    def __init__(self, benchmark: Benchmark, workers: int = 2):
+    def __init__(self, benchmark: Benchmark | ProblemSet, workers: int = 2):
         self.benchmark = benchmark
         self.workers = workers
         self._boxes: queue.Queue | None = None
@@ -385,11 +403,17 @@ class Checker:
         self._boxes_error: str | None = None
 
     def check(self, item: dict, completions: list[str]) -> list[Verdict]:
-        if self.benchmark.domain == "code":
+        verifier = item.get("verifier") or ("code" if self.benchmark.domain == "code" else "math")
+        if verifier == "code":
             tests = code_tests(self.benchmark, item)
             return self._check_code([Check(c, tests=tests) for c in completions])
         gold = item.get("answer")
         gold = None if gold is None or not str(gold).strip() else gold
+        if verifier != "math":  # a generator's own checker, or exact / choice: as `factory run` checks them
+            from .questions import check_sample
+
+            row = {"reference_answer": gold, "tests": item.get("tests"), "metadata": {**item.get("metadata", {}), "verifier": verifier}}
+            return [check_sample(row, {"completion": c}) for c in completions]
         checks = [Check(c, reference=gold) for c in completions]
         return verify("math", checks, Options(missing="the benchmark item has no reference answer"))
 
@@ -480,7 +504,7 @@ SCORE_COLUMNS = "item_id, sample_index, status, correct, extracted_answer, compl
 def evaluate(
     lake: Lake,
     model: str,
-    benchmark: str,
+    benchmark: str | ProblemSet,
     samples: int = 1,
     limit: int | None = None,
     backend: str = "transformers",
@@ -489,12 +513,14 @@ def evaluate(
     on_progress: Callable[[EvalProgress], None] | None = None,
     **options: Any,
 ) -> EvalResult:
-    """Evaluate `model` on the first `limit` items of `benchmark` with `samples` samples each
-    (see the module docstring); resumes what is stored. `options` are the other EvalConfig
-    fields (base_url, max_tokens, temperature, ...). Runs its own event loop: from async code,
-    await `evaluate_async`."""
-    cfg = make_config(model=model, benchmark=benchmark, samples=samples, limit=limit, backend=backend, **options)
-    return asyncio.run(evaluate_async(lake, cfg, run_id=run_id, on_progress=on_progress))
+    """Evaluate `model` on the first `limit` items of `benchmark` (a shipped benchmark's name, or
+    a ProblemSet) with `samples` samples each (see the module docstring); resumes what is
+    stored. `options` are the other EvalConfig fields (base_url, max_tokens, temperature, ...).
+    Runs its own event loop: from async code, await `evaluate_async`."""
+    problems = benchmark if isinstance(benchmark, ProblemSet) else None
+    name = problems.name if problems else benchmark
+    cfg = make_config(model=model, benchmark=name, samples=samples, limit=limit, backend=backend, **options)
+    return asyncio.run(evaluate_async(lake, cfg, run_id=run_id, on_progress=on_progress, problems=problems))
 
 
 async def evaluate_async(
@@ -503,14 +529,14 @@ async def evaluate_async(
     *,
     run_id: str | None = None,
     on_progress: Callable[[EvalProgress], None] | None = None,
+    problems: ProblemSet | None = None,
 ) -> EvalResult:
-    """`evaluate` inside a running event loop."""
-    bench = get_benchmark(cfg.benchmark)
-    chosen = load_benchmark(bench.name)
-    chosen = chosen[: cfg.limit] if cfg.limit else chosen
+    """`evaluate` inside a running event loop (`problems`: the set, else cfg.benchmark's)."""
+    bench = problems or benchmark_set(cfg.benchmark)
+    chosen = list(bench.items[: cfg.limit] if cfg.limit else bench.items)
     ids = [str(it["id"]) for it in chosen]
     if len(set(ids)) != len(ids):
-        raise BadInput(f"benchmark {bench.name}: item ids are not unique")
+        raise BadInput(f"{bench.name}: item ids are not unique")
     tconfig = teacher_config(cfg)
     sampling = cfg.sampling()
     eid = eval_id(tconfig, bench, sampling)
@@ -549,7 +575,7 @@ async def evaluate_async(
 async def _sample_and_check(
     lake: Lake,
     tconfig: TeacherConfig,
-    bench: Benchmark,
+    bench: ProblemSet,
     todo: list[tuple[dict, RequestGroup]],
     base_row: dict,
     progress: EvalProgress,
@@ -571,7 +597,7 @@ async def _sample_and_check(
         item, group = entry
         answered = requested(tconfig, group.keys(tconfig), completions)
         verdicts = await asyncio.to_thread(checker.check, item, [c.text for c, _ in answered])
-        rows = [eval_row(base_row, bench, item, group, c, key, v) for (c, key), v in zip(answered, verdicts, strict=True)]
+        rows = [eval_row(base_row, item, group, c, key, v) for (c, key), v in zip(answered, verdicts, strict=True)]
         progress.received += len(rows)
         await committer.add(rows)
         if on_progress:
@@ -594,9 +620,9 @@ async def _sample_and_check(
         await asyncio.to_thread(checker.close)
 
 
-def eval_row(base_row: dict, bench: Benchmark, item: dict, group: RequestGroup, c: Completion, key: str, v: Verdict) -> dict:
-    """An `evals` row: one checked completion of a benchmark item."""
-    reference = item.get("answer") if bench.domain == "math" else None
+def eval_row(base_row: dict, item: dict, group: RequestGroup, c: Completion, key: str, v: Verdict) -> dict:
+    """An `evals` row: one checked completion of an item (code items have no reference answer)."""
+    reference = item.get("answer")
     return {
         **base_row,
         "item_id": group.problem_id,

@@ -1,8 +1,18 @@
-"""`factory eval`: evaluate a student on a shipped benchmark with the factory's verifiers.
+"""`factory eval`: evaluate a student with the factory's verifiers on a shipped benchmark, a JSONL
+of problems with answers, or the held-out split of a procedural family.
 
     factory eval smollm2 --benchmark gsm8k --limit 10 --max-tokens 256
     factory eval ./checkpoints/student --benchmark math500,aime2024 --samples 8
     factory eval my-model --backend openai --base-url http://127.0.0.1:8000/v1 --benchmark gsm8k --format json
+    factory eval smollm2 --problems heldout.jsonl --template "{problem}" --system "Answer in one sentence."
+    factory eval smollm2 --family addition --difficulty 3 --split test --limit 200
+
+Base model against the student trained on a recipe's data (`split: train` on its generator
+source): the same command for both, so the same problems, prompt and sampling. `--recipe`
+takes the recipe's prompt and draws the test side of its generator sources:
+
+    factory eval smollm2        --recipe recipes/r.yaml --limit 200 --temperature 0 --max-tokens 32
+    factory eval runs/rft/hf    --recipe recipes/r.yaml --limit 200 --temperature 0 --max-tokens 32
 
 flows/cli.py registers `eval_` as `factory eval`. The work is
 factory.evaluation.evaluate; this module parses options, shows progress on stderr and prints the
@@ -31,10 +41,26 @@ FORMATS = ("table", "json")
 
 def eval_(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="'smollm2', a checkpoint or exported student folder, or the model name served at --base-url.")],
-    benchmark: Annotated[str, typer.Option("--benchmark", metavar="NAME", help="math500, aime2024, aime2025, amc23, gsm8k, minerva, "
-                                                                                "olympiadbench, humaneval or mbpp; several separated by commas.")],
+    benchmark: Annotated[str | None, typer.Option("--benchmark", metavar="NAME", help="math500, aime2024, aime2025, amc23, gsm8k, "
+                                                  "minerva, olympiadbench, humaneval or mbpp; several separated by commas.")] = None,
+    problems: Annotated[str | None, typer.Option("--problems", metavar="FILE", help="A JSONL file of problems with answers: rows with problem and "
+                                                 "answer (or reference_answer); optional problem_id, domain, tests (code), verifier, metadata.")] = None,
+    family: Annotated[str | None, typer.Option("--family", metavar="NAME", help="A procedural family: addition, arithmetic, linear, countdown "
+                                               "or sorting; --limit problems of its --split side.")] = None,
+    difficulty: Annotated[int | None, typer.Option("--difficulty", metavar="D", help="The family's difficulty, 1 to 5 (--family) [default: 2].")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", metavar="RECIPE", help="The recipe that made the training data: its prompt (system "
+                                               "and template); alone, also the --split side of its generator sources (those with split: train).")] = None,
+    split: Annotated[str | None, typer.Option("--split", metavar="SPLIT", help="test, train or all: the side of the hash split (as a recipe's "
+                                              "split: train) [default: test for --family and --recipe, all for --problems].")] = None,
+    test_share: Annotated[float | None, typer.Option("--test-share", metavar="F", help="The test side's share, as the training recipe's test_share "
+                                                     "[default: 0.2; with --recipe alone, the recipe's].")] = None,
+    system: Annotated[str | None, typer.Option("--system", metavar="TEXT", help="A system turn before each problem "
+                                               "[default: the recipe's, else none].")] = None,
+    template: Annotated[str | None, typer.Option("--template", metavar="TEXT", help="The user turn, with {problem} [default: the recipe's, else "
+                                                 "a benchmark's own format, else the recipe default for the problem's domain].")] = None,
     samples: Annotated[int, typer.Option("--samples", metavar="K", help="Samples per problem (pass@1 is their mean; pass@k and maj@K from them).")] = 1,
-    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Only the first N problems of each benchmark.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Only the first N problems of each benchmark or file; "
+                                              "for a family or a recipe's sources, how many to draw (required).")] = None,
     backend: Annotated[str, typer.Option("--backend", metavar="BACKEND", help="transformers, vllm or openai.")] = "transformers",
     base_url: Annotated[str | None, typer.Option("--base-url", metavar="URL", help="The OpenAI-compatible server (--backend openai), "
                                                                                    "e.g. http://127.0.0.1:8000/v1.")] = None,
@@ -54,23 +80,30 @@ def eval_(
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Score a model on benchmarks with the factory's verifiers; records go to the evals table."""
+    """Score a model on benchmarks with the factory's verifiers; records go to the evals table.
+
+    The problems: --benchmark, --problems FILE, --family NAME, or --recipe alone (its held-out
+    side). For a base model against its student, run the same command for both: the same
+    problems, prompt (--recipe: the one the training data was made with) and sampling.
+    """
     missing_total = 0
 
     def job() -> None:
         nonlocal missing_total
-        from factory.benchmarks import parse_names
+        from factory.benchmarks.problem_sets import problem_sets
         from factory.evaluation import evaluate
 
         if format not in FORMATS:
             raise BadInput(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-        names = parse_names(benchmark)
+        sets = problem_sets(benchmark=benchmark, problems=problems, family=family, recipe=recipe, split=split,
+                            test_share=test_share, difficulty=difficulty, limit=limit, system=system, template=template)
         results = []
         with Lake.open(store, catalog) as lake:
-            for name in names:
+            for problem_set in sets:
+                name = problem_set.name
                 with _Progress(name) as progress:
                     result = evaluate(
-                        lake, model, name, samples=samples, limit=limit, backend=backend, run_id=run_id,
+                        lake, model, problem_set, samples=samples, limit=limit, backend=backend, run_id=run_id,
                         on_progress=progress.update, base_url=base_url, api_key_env=api_key_env,
                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                         concurrency=concurrency, batch_size=batch_size, device=device, revision=revision,

@@ -16,6 +16,8 @@ import pytest
 import tests.teacher_server as teacher_server
 from factory.benchmarks import get, load
 from factory.evaluation import compare, pivot
+from factory.questions.splits import split_of
+from factory.records import problem_id
 from storage import Lake
 from tests.teacher_server import TeacherServer
 
@@ -212,3 +214,135 @@ def test_killed_eval_resumes_without_requesting_any_stored_sample_again(tmp_path
     with Lake.open(store) as lake:
         rows = lake.query("SELECT item_id, sample_index, count(*) AS n FROM evals GROUP BY 1, 2").to_pylist()
     assert len(rows) == 2 * N_ITEMS and all(r["n"] == 1 for r in rows)
+
+
+# -- a problems file and a family's held-out side ------------------------------------------------
+
+# Four problems with the checker each names, and the two scripted answers of each (sample 0, 1).
+HELD = [
+    ({"problem": "What is 2 + 3?", "answer": 5}, ["The answer is 5.", "The answer is 6."]),
+    ({"problem": "What is 7 + 8?", "reference_answer": "15", "problem_id": "p2"}, ["The answer is 15.", "The answer is 15."]),
+    ({"problem": "Sort these words alphabetically: pear, apple.", "answer": "apple, pear", "verifier": "sorting"},
+     ["Answer: apple, pear", "Answer: pear, apple"]),
+    ({"problem": "Using the numbers 2, 3, 4, write an expression that equals 20.",
+      "metadata": {"verifier": "countdown", "numbers": [2, 3, 4], "target": 20}}, ["Answer: (2 + 3) * 4", "Answer: 2 * 3 * 4"]),
+]
+
+
+def held_parts(prompt, seed, j):
+    """(reasoning, answer) of sample seed + j of the HELD problem in the prompt."""
+    answers = next(a for row, a in HELD if row["problem"] in prompt)
+    return "Let me think.", answers[int(seed) + j]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.integration
+def test_a_problems_file_is_scored_by_each_rows_checker_and_resumes(cli, tmp_path):
+    held = write_jsonl(tmp_path / "held.jsonl", [row for row, _ in HELD])
+    with TeacherServer(models=["student"], parts=held_parts) as server:
+        args = ["eval", "student", "--backend", "openai", "--base-url", server.url, "--problems", str(held), "--samples", "2",
+                "--system", "Be brief.", "--template", "Q: {problem}", "--max-tokens", "64", "--format", "json"]
+        r = cli(*args)
+        assert r.exit_code == 0, r.stderr
+        (result,) = json.loads(r.stdout)
+        # right samples per problem: 1 of 2, 2 of 2, 1 of 2 (wrong order), 1 of 2 (24, not 20)
+        assert result["scores"]["metrics"] == pytest.approx({"pass@1": (0.5 + 1 + 0.5 + 0.5) / 4, "pass@2": 1.0})
+        assert result["scores"]["statuses"] == {"pass": 5, "fail": 3} and result["scores"]["items"] == 4
+        assert re.fullmatch(r"held\.jsonl@[0-9a-f]{8}", result["benchmark"])
+        requests = server.completion_requests()
+        assert sorted(json.dumps(e["body"]["messages"]) for e in requests) == sorted(
+            json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q: {row['problem']}"}]) for row, _ in HELD)
+
+        r = cli(*args)  # everything is stored: nothing is sent again
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)[0]["scores"]["metrics"] == result["scores"]["metrics"]
+        assert len(server.completion_requests()) == len(requests)
+
+        # Another file (one reference answer differs) is another eval, never the first one's rows.
+        other = write_jsonl(tmp_path / "other.jsonl", [row for row, _ in HELD[:1]] + [{**HELD[1][0], "reference_answer": "16"}]
+                            + [row for row, _ in HELD[2:]])
+        r = cli(*[str(other) if a == str(held) else a for a in args])
+        assert r.exit_code == 0, r.stderr
+        (second,) = json.loads(r.stdout)
+        assert second["eval_id"] != result["eval_id"] and second["progress"]["already_done"] == 0
+        assert second["scores"]["metrics"]["pass@1"] == pytest.approx((0.5 + 0 + 0.5 + 0.5) / 4)
+
+    with Lake.open(str(tmp_path / "store")) as lake:
+        rows = lake.query("SELECT benchmark, item_id, prompt_format, reference_answer FROM evals WHERE eval_id = ? ORDER BY item_id",
+                          [result["eval_id"]]).to_pylist()
+        names = {t["benchmark"] for t in compare(lake)}
+    assert names == {result["benchmark"], second["benchmark"]}
+    assert {r["prompt_format"] for r in rows} == {"[system]\nBe brief.\n[user]\nQ: {problem}"}
+    assert sorted({(r["item_id"], r["reference_answer"]) for r in rows}, key=str) == sorted(
+        [(problem_id(HELD[0][0]["problem"]), "5"), ("p2", "15"), (problem_id(HELD[2][0]["problem"]), "apple, pear"),
+         (problem_id(HELD[3][0]["problem"]), None)], key=str)
+    r = cli("report", "--output", str(tmp_path / "report.html"))
+    assert r.exit_code == 0, r.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert result["benchmark"] in page and second["benchmark"] in page
+
+
+def test_a_bad_problems_file_exits_2_naming_the_line_and_field(cli, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [HELD[0][0], {"problem": "What is 1 + 1?"}, {"answer": 3}])
+    r = cli("eval", "student", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--problems", str(bad))
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"{bad}:2: field 'answer': missing" in r.stderr and f"{bad}:3: field 'problem'" in r.stderr
+    r = cli("eval", "student", "--problems", str(bad), "--family", "addition")
+    assert r.exit_code == 2 and "--problems and --family" in r.stderr
+    r = cli("eval", "student")
+    assert r.exit_code == 2 and "--recipe" in r.stderr
+
+
+HELD_RECIPE = """name: held
+questions:
+  - {source: generator, generator: addition, count: 300, difficulty: 3, seed: 2, split: train}
+prompt:
+  system: "Answer every question with one sentence."
+  template: "Question: {problem}"
+"""
+
+
+def sum_parts(prompt, seed, j):
+    """Right when the first addend is even, one too many when it is odd."""
+    a, b = map(int, re.search(r"What is (\d+) \+ (\d+)\?", prompt).groups())
+    return "Adding.", f"The answer is {a + b + a % 2}."
+
+
+@pytest.mark.integration
+def test_recipe_eval_draws_the_held_out_side_in_the_recipes_prompt(cli, tmp_path):
+    from factory.recipe import load_recipe
+    from factory.stages import collect_questions
+
+    recipe = tmp_path / "held.yaml"
+    recipe.write_text(HELD_RECIPE)
+    trained = {r["problem_id"] for r in collect_questions(load_recipe(recipe).questions, base_dir=tmp_path)}
+    with TeacherServer(models=["student"], parts=sum_parts) as server:
+        common = ["--backend", "openai", "--base-url", server.url, "--limit", "40", "--temperature", "0", "--max-tokens", "32",
+                  "--format", "json"]
+        r = cli("eval", "student", "--recipe", str(recipe), *common)
+        assert r.exit_code == 0, r.stderr
+        (result,) = json.loads(r.stdout)
+        requests = [e["body"]["messages"] for e in server.completion_requests()]
+        # The same family and prompt named directly is the same eval: nothing is sent again.
+        r = cli("eval", "student", "--family", "addition", "--difficulty", "3", "--system", "Answer every question with one sentence.",
+                "--template", "Question: {problem}", *common)
+        assert r.exit_code == 0, r.stderr
+        (direct,) = json.loads(r.stdout)
+        assert direct["eval_id"] == result["eval_id"] and direct["progress"]["already_done"] == 40
+        assert len(server.completion_requests()) == len(requests)
+    assert result["benchmark"] == "addition-d3-test" and result["scores"]["items"] == 40 and len(requests) == 40
+    assert all(m[0] == {"role": "system", "content": "Answer every question with one sentence."} for m in requests)
+    shown = [m[1]["content"].removeprefix("Question: ") for m in requests]
+    assert all(m[1]["content"].startswith("Question: What is ") for m in requests)
+    assert all(split_of(p) == "test" for p in shown) and not {problem_id(p) for p in shown} & trained
+    even = sum(int(re.search(r"What is (\d+)", p).group(1)) % 2 == 0 for p in shown)
+    assert result["scores"]["metrics"]["pass@1"] == pytest.approx(even / 40)
+    with Lake.open(str(tmp_path / "store")) as lake:
+        items = {r["item_id"] for r in lake.query("SELECT item_id FROM evals").to_pylist()}
+    assert len(items) == 40 and not items & trained
+    r = cli("report", "--output", str(tmp_path / "report.html"))
+    assert r.exit_code == 0 and "addition-d3-test" in (tmp_path / "report.html").read_text()
