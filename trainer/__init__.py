@@ -10,8 +10,8 @@ generalized JSD, on-policy GKD; offline sparse top-k KD), grpo.py.
 Shared pieces, with stable APIs the recipes import:
 - config.py: config sections (model, data, optim, loop, checkpoint, distributed, metrics) and
   `load_yaml(path, Config)` (BadInput naming the file and key path).
-- model.py: `load_tokenizer(path)`, `build_model(ModelConfig, tokenizer, device)` (a local HF
-  folder or a tiny random Llama/Qwen2), `apply_lora`, `decoder_layers`.
+- model.py: `load_tokenizer(path)`, `build_model(ModelConfig, tokenizer, device)` (the embedded
+  SmolLM2 GGUF, a .gguf file, a local HF folder, or a tiny random Llama/Qwen2), `apply_lora`, `decoder_layers`.
 - data.py: rows from a lake dataset / SELECT / JSONL, chat-template tokenisation with the loss on
   the assistant turn, the template lint.
 - packing.py: best-fit-decreasing packing, the deterministic step plan, `collate`.

