@@ -349,12 +349,14 @@ def _rejects(lake: Lake, scope: Scope) -> list[dict[str, Any]]:
 def _evals(lake: Lake) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     table = _rows(
         lake,
-        """SELECT model, benchmark, count(*) AS n, count(DISTINCT item_id) AS items,
+        """SELECT model, benchmark, coalesce(prompt_format, '') AS prompt_format, coalesce(sampling, '') AS sampling,
+                  count(*) AS n, count(DISTINCT item_id) AS items,
                   avg(correct::INT) AS accuracy, avg(completion_tokens) AS mean_tokens
-           FROM evals GROUP BY 1, 2 ORDER BY 1, 2""",
+           FROM evals GROUP BY ALL ORDER BY 1, 2, 3, 4""",
     )
     if not table:
         return [], []
+    _label_settings(table)
     # Power-of-two buckets: response lengths span orders of magnitude.
     by_length = _rows(
         lake,
@@ -365,6 +367,21 @@ def _evals(lake: Lake) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for r in by_length:
         r["lo"], r["hi"] = (0 if r["k"] == 0 else 2 ** r["k"]), 2 ** (r["k"] + 1)
     return table, by_length
+
+
+def _label_settings(table: list[dict[str, Any]]) -> None:
+    """One column per benchmark and setting: scores under two prompts or two samplings of the
+    same set are different measurements (base vs student must share one), so they are never
+    averaged into one cell. A set evaluated under one setting keeps its plain name."""
+    settings: dict[str, list[tuple[str, str]]] = {}
+    for r in table:
+        seen = settings.setdefault(r["benchmark"], [])
+        if (r["prompt_format"], r["sampling"]) not in seen:
+            seen.append((r["prompt_format"], r["sampling"]))
+    for r in table:
+        seen = settings[r["benchmark"]]
+        if len(seen) > 1:
+            r["benchmark"] = f'{r["benchmark"]} (setting {seen.index((r["prompt_format"], r["sampling"])) + 1} of {len(seen)})'
 
 
 # -- metrics CSVs -------------------------------------------------------------------------

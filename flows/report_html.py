@@ -477,6 +477,13 @@ def _evals_section(data: ReportData) -> str:
         '<p class="note">pass@1 = mean of `correct` over every sampled response (n responses over the items); all evals in the lake.</p>',
         _table(["model"] + benches, rows),
     ]
+    settings = {r["benchmark"]: r for r in data.evals if " (setting " in r["benchmark"]}
+    if settings:
+        parts.append('<p class="note">Sets evaluated under more than one prompt or sampling get a column each:</p><ul class="note">')
+        for name in sorted(settings):
+            r = settings[name]
+            parts.append(f'<li>{_e(name)}: prompt {_e(_clip(r["prompt_format"], 120))!s}; sampling {_e(r["sampling"] or "—")}</li>')
+        parts.append("</ul>")
     if data.eval_lengths:
         ks = sorted({r["k"] for r in data.eval_lengths})
         series: dict[str, list[tuple[float, float]]] = {}

@@ -253,3 +253,24 @@ def test_an_empty_lake_renders_without_sections_of_data(tmp_path):
     assert "No samples with a length." in page and "No rejected verdicts" in page
     for stage in STAGES:
         assert f"{stage}</li>" in page
+
+
+def test_evals_under_two_prompts_are_two_columns_not_one_average(tmp_path):
+    """Base vs student compare only under one prompt and sampling: the same set scored under two
+    prompts is two measurements, each with its own column and its prompt listed."""
+    build_lake(tmp_path / "s")
+    rows = []
+    for prompt, correct in (("Q: {problem}\nA:", True), ("<script>x</script> {problem}", False)):
+        for i in range(4):
+            rows.append({"eval_id": prompt, "model": "base", "benchmark": "addition-d3-test", "item_id": f"q{i}", "sample_index": 0,
+                         "prompt_format": prompt, "sampling": '{"temperature": 0.0}', "status": "pass" if correct else "fail",
+                         "correct": correct, "completion_tokens": 8})
+    with Lake.open(str(tmp_path / "s")) as lake:
+        lake.commit("evals", rows, batch_key="e", run_id="eval-1")
+        data = collect_report(lake)
+    by_prompt = {r["prompt_format"]: (r["benchmark"], r["accuracy"]) for r in data.evals}
+    assert by_prompt["Q: {problem}\nA:"][1] == 1.0 and by_prompt["<script>x</script> {problem}"][1] == 0.0
+    assert sorted(label for label, _ in by_prompt.values()) == ["addition-d3-test (setting 1 of 2)", "addition-d3-test (setting 2 of 2)"]
+    page = render_html(data)
+    assert "100.0%  (n=4, 4 items)" in page and "0.0%  (n=4, 4 items)" in page
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
