@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from factory.teachers.base import RequestGroup
 from storage.errors import BadInput
@@ -161,6 +161,16 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()  # every_steps, resume, keep_last, store, prefix, export_hf
     output_dir: str = "runs/grpo"
     export_hf: bool = True  # the older spelling of checkpoint.export_hf: either false skips the export
+
+    @model_validator(mode="after")
+    def _vllm_needs_a_folder(self) -> Config:
+        from factory.teachers.local import is_embedded
+
+        m = self.model
+        if self.rollout.engine == "vllm" and m.path and (m.gguf_file or m.path.endswith(".gguf") or is_embedded(m.path)):
+            raise ValueError(f"rollout.engine vllm with model.path {m.path}: expected a Hugging Face folder (vLLM loads its own copy of "
+                             "the weights and cannot take this GGUF); use rollout.engine: transformers, or save the base as a folder first")
+        return self
 
 
 def load_config(path: str | Path) -> Config:

@@ -129,3 +129,13 @@ def test_factory_train_grpo_on_two_processes_with_fsdp(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "hf"), local_files_only=True)
+
+
+@pytest.mark.parametrize("path", ["smollm2", "/models/base.gguf"])
+def test_vllm_rollouts_refuse_a_gguf_base_naming_the_fields(tmp_path, path):
+    """vLLM loads its own copy of the initial weights from model.path: a GGUF base (what the CPU
+    loop starts from) is refused before any model loads, not deep inside the engine."""
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text(f"model: {{path: {path}}}\nprompts: {{jsonl: p.jsonl}}\nrollout: {{engine: vllm}}\n")
+    with pytest.raises(BadInput, match=r"rollout.engine vllm with model.path .*expected a Hugging Face folder"):
+        load_config(cfg)
