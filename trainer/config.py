@@ -129,7 +129,9 @@ class DataConfig(Section):
     truncation: Literal["drop", "right"] = "drop"  # drop: skip longer examples (counted); right: cut the end (the end-of-turn token is lost)
     packing: bool = True  # best-fit-decreasing packing with per-document positions; off: one example per row, padded
     loss_weighting: Literal["token", "sequence"] = "token"  # token: every supervised token weighs the same; sequence: every example does
-    empty_reasoning: Literal["error", "skip"] = "error"  # a row whose <think> block would be empty
+    # A row whose <think> block would be empty: error, skip it, or answer_only (train on the answer
+    # alone, no think block: for a teacher that writes no reasoning, like SmolLM2 in docs' CPU loop).
+    empty_reasoning: Literal["error", "skip", "answer_only"] = "error"
     shuffle: bool = True
 
     @model_validator(mode="after")

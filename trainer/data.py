@@ -69,6 +69,7 @@ class DataStats:
     dropped_too_long: int = 0
     truncated: int = 0
     skipped_empty_reasoning: int = 0
+    answer_only: int = 0  # rows with no reasoning trained on their answer alone (empty_reasoning: answer_only)
     tokens: int = 0
     supervised_tokens: int = 0
 
@@ -193,8 +194,14 @@ def tokenize_row(row: dict, tokenizer, cfg: DataConfig, index: int, stats: DataS
         if cfg.empty_reasoning == "skip":
             stats.skipped_empty_reasoning += 1
             return None
-        raise BadInput(f"{where}: empty <think> block would be supervised (teach the model to skip reasoning); "
-                       "filter the dataset or set data.empty_reasoning: skip")
+        if cfg.empty_reasoning == "answer_only":
+            # A teacher that writes no reasoning (SmolLM2 in the CPU loop): train on the reply as
+            # it was sampled, without a think block it never wrote.
+            target = _EMPTY_THINK.sub("", target).strip()
+            stats.answer_only += 1
+        else:
+            raise BadInput(f"{where}: empty <think> block would be supervised (teach the model to skip reasoning); "
+                           "filter the dataset or set data.empty_reasoning: skip (or answer_only for a teacher that writes none)")
     ids, labels, prompt_len = encode(tokenizer, *render(tokenizer, prompt, target), where=where)
     # Tokens after the end-of-turn token (the template's trailing newline) are not trained on.
     last = max(i for i, t in enumerate(labels) if t != IGNORE)

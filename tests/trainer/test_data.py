@@ -51,6 +51,18 @@ def test_empty_think_blocks_fail_loudly_or_are_skipped_when_asked(tokenizer):
     assert stats.skipped_empty_reasoning == 1 and len(examples) == 2
 
 
+def test_answer_only_trains_a_reply_without_reasoning_on_the_reply_alone(tokenizer):
+    """A teacher that writes no reasoning (the CPU loop's SmolLM2): with answer_only its rows train
+    on the reply as sampled, never on an empty think block; rows with reasoning keep theirs."""
+    row = dict(r1_rows(1)[0], reasoning="", answer="2 plus 2 is 4, so the final answer is 4.")
+    rendered = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\n\n</think>\n\n4"}]}
+    examples, stats = tokenize_rows([row, rendered] + r1_rows(1, start=5), tokenizer, cfg(empty_reasoning="answer_only"))
+    supervised = [tokenizer.decode([t for t in ex.labels if t != IGNORE]) for ex in examples]
+    assert supervised[0] == "2 plus 2 is 4, so the final answer is 4.<|im_end|>"
+    assert supervised[1] == "4<|im_end|>"
+    assert "<think>" in supervised[2] and stats.answer_only == 2 and stats.skipped_empty_reasoning == 0
+
+
 def test_lint_fails_on_a_template_that_drops_the_end_of_turn_token(tokenizer):
     broken = copy.deepcopy(tokenizer)
     broken.chat_template = tokenizer.chat_template.replace("message['content'] + '<|im_end|>'", "message['content']")

@@ -1,0 +1,94 @@
+"""The loop of issue 17 at toy size, through the commands a user runs, each a fresh process on
+the real SmolLM2-135M on the CPU: `factory run` on the train side of a procedural family ->
+`factory train sft` from the embedded GGUF on that dataset (exported as an HF folder) ->
+`factory eval` of the base and of the student on the test side, in the recipe's prompt ->
+`factory report` with both evals. It checks the plumbing, not the gain: a few problems and two
+steps teach nothing measurable (benches/ will measure the gain)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.flows.test_run_cli import _needs_smollm2
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RECIPE = """\
+name: loop-toy
+questions:
+  - {source: generator, generator: addition, count: 8, difficulty: 1, seed: 0, split: train}
+prompt:
+  system: |-
+    Answer every question with one sentence, like these examples.
+    What is 2 + 2? 2 plus 2 is 4, so the final answer is 4.
+    What is 5 + 3? 5 plus 3 is 8, so the final answer is 8.
+  template: "{problem}"
+teacher:
+  backend: transformers
+  model: smollm2
+  samples_per_problem: 2
+  batch_size: 16
+  sampling: {temperature: 0.3, top_p: 0.95, max_tokens: 24, seed: 0}
+verify: [math]
+filters: [language, repetition]
+dedup: {threshold: 0.8}
+dataset: {name: loop-toy}
+"""
+
+SFT = """\
+output_dir: student
+model: {path: smollm2}
+data: {dataset: loop-toy, limit: 2, max_length: 128, packing: false, shuffle: false, empty_reasoning: answer_only}
+optim: {lr: 1.0e-4, schedule: constant, warmup_steps: 0, max_grad_norm: 1.0}
+loop: {batch_size: 2, micro_batch_size: 2, epochs: 2}  # both steps see the same two rows
+checkpoint: {export_hf: true, keep_last: 1}
+metrics: {tensorboard: false}
+"""
+
+
+def factory(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "FACTORY_"))}
+    env.update(PREFECT_HOME=str(folder / "prefect-home"), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", COLUMNS="200")
+    done = subprocess.run([sys.executable, "-c", "from flows.cli import main; main()", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"factory {' '.join(args)}: {done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.integration
+def test_the_loop_at_toy_size_runs_end_to_end(tmp_path):
+    _needs_smollm2()
+    (tmp_path / "loop.yaml").write_text(RECIPE)
+    (tmp_path / "sft.yaml").write_text(SFT)
+
+    factory(tmp_path, "run", "loop.yaml")
+    factory(tmp_path, "export", "loop-toy", "--format", "jsonl", "--output", "loop-toy.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "loop-toy.jsonl").read_text().splitlines()]
+    assert len(rows) >= 2, "too few accepted samples to train on"
+
+    factory(tmp_path, "train", "sft", "sft.yaml")
+    with open(tmp_path / "student" / "metrics.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    assert len(losses) == 2 and losses[1] < losses[0], losses  # the same rows twice: the loss falls
+    student = tmp_path / "student" / "hf"
+    assert (student / "config.json").is_file()
+
+    scores = {}
+    for model in ("smollm2", str(student)):
+        out = factory(tmp_path, "eval", model, "--recipe", "loop.yaml", "--limit", "4", "--temperature", "0",
+                      "--max-tokens", "24", "--format", "json")
+        scores[model] = json.loads(out.stdout)
+    for model, result in scores.items():
+        text = json.dumps(result)
+        assert "pass@1" in text and "addition" in text, (model, text[:500])
+
+    factory(tmp_path, "report", "--output", "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert 'id="evals"' in page and "smollm2" in page and str(student) in page
