@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,23 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+UNPAIRED_SURROGATE = "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+
+
+def has_unpaired_surrogate(line: str, record: Any) -> bool:
+    """Whether the JSON text `line`, parsed as `record`, holds a lone half of a surrogate pair
+    (`"\\ud800"` is valid JSON): such a string cannot be hashed, written to Parquet or printed
+    as UTF-8, so a reader refuses the row instead of failing later with a traceback."""
+    if not _SURROGATE_ESCAPE.search(line):
+        return False
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """(position, record, error) for every row of the input; a row that does not parse has
     record None and the reason."""
@@ -121,6 +139,9 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict | None, str | Non
                         continue
                     if not isinstance(rec, dict):
                         yield n, None, f"expected a JSON object, got {type(rec).__name__}"
+                        continue
+                    if has_unpaired_surrogate(line, rec):
+                        yield n, None, UNPAIRED_SURROGATE
                         continue
                     yield n, rec, None
         elif fmt in ("csv", "tsv"):

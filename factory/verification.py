@@ -17,15 +17,13 @@ MAX_TESTS_TIMEOUT_S) gets an `unverifiable` verdict naming the field; the other 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from storage.errors import BadInput, bad_rows
 
+from .ingest import UNPAIRED_SURROGATE, has_unpaired_surrogate
 from .verifiers.base import Verdict
 from .verifiers.registry import Check, Options, require_verifier, verify
-
-_SURROGATE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def read_verify_rows(path: str | Path, verifier: str) -> list[dict]:
@@ -66,11 +64,8 @@ def _parse_line(raw: bytes) -> tuple[object | None, str | None]:
         return None, "invalid JSON (nested deeper than the JSON reader allows)"
     except ValueError as exc:  # e.g. an integer of over 4300 digits
         return None, f"invalid JSON ({str(exc).split(';')[0]})"
-    if _SURROGATE_RE.search(line):
-        try:  # a lone half of a surrogate pair cannot be written back out as UTF-8
-            json.dumps(row, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            return None, "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+    if has_unpaired_surrogate(line, row):
+        return None, UNPAIRED_SURROGATE
     return row, None
 
 

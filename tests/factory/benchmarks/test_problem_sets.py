@@ -169,3 +169,11 @@ def test_a_recipe_alone_needs_a_train_split_and_gives_its_prompt_to_other_proble
     write_jsonl(tmp_path / "s.jsonl", ROWS[:2])
     with pytest.raises(BadInput, match="no generator source to hold out problems from"):
         problem_sets(recipe=str(path), limit=10)
+
+
+def test_an_unpaired_surrogate_is_a_bad_row_not_a_traceback(tmp_path):
+    """`"\\ud800"` is valid JSON but no UTF-8 text: it could not be hashed into a problem id."""
+    path = tmp_path / "held.jsonl"
+    path.write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + '\n{"problem": "x \\ud800", "answer": "2"}\n')
+    with pytest.raises(BadInput, match=r"held.jsonl:2: .*unpaired UTF-16 surrogate"):
+        file_set(path)
