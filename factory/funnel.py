@@ -63,6 +63,10 @@ RUN_ROWS = tuple(r for r in ROWS if r != "decontaminated")
 SAMPLE_ROWS = ("samples", "verified", "filtered", "deduplicated")
 
 _VERIFIER = "\"check\" NOT LIKE 'filter:%'"
+# A sample of a dataset's scope (factory/stages.py `dataset_scope`) is a row of the dataset when
+# this holds over `o`. Both facts are the sample's own, whatever else a scope selects, so the run
+# summary can count dataset rows over its own scope without evaluating the dataset's `o` again.
+IN_DATASET = "accepted AND dedup_kept"
 
 
 def funnel_rows(counts: dict[str, int], order: Sequence[str] = RUN_ROWS) -> list[dict]:
@@ -94,11 +98,12 @@ o AS (SELECT s.*, v.sample_id IS NOT NULL AS checked, coalesce(v.passed, FALSE) 
 
 
 def stage_counts(lake: Any, scope: str, params: Iterable[Any] = (), *, tables: dict[str, pa.Table] | None = None,
-                 dataset_sql: str | None = None) -> list[dict[str, Any]]:
+                 dataset_scope: str | None = None) -> list[dict[str, Any]]:
     """Per `source` of the scope's samples (the scope must select a `source` column): distinct
     problems and requests sampled, samples, verified, filtered, deduplicated, tokens and cost;
-    with `dataset_sql`, also how many of them are rows of that dataset."""
-    in_dataset = f"count(*) FILTER (WHERE sample_id IN (SELECT sample_id FROM ({dataset_sql}))) AS dataset," if dataset_sql else ""
+    with `dataset_scope` (factory/stages.py), also how many of them are rows of that dataset."""
+    in_dataset = (f"count(*) FILTER (WHERE {IN_DATASET} AND sample_id IN (SELECT sample_id FROM ({dataset_scope}))) AS dataset,"
+                  if dataset_scope else "")
     sql = outcomes(scope) + f"""SELECT source, count(DISTINCT problem_id) AS sampled_problems,
        count(DISTINCT coalesce(request_key, sample_id)) AS requests, count(*) AS samples,
        count(*) FILTER (WHERE verified) AS verified, count(*) FILTER (WHERE accepted) AS filtered,
@@ -118,11 +123,11 @@ FROM vv WHERE status <> 'pass' GROUP BY 1 ORDER BY 2 DESC, 1"""
     return {r["check"]: r["n"] for r in lake.query(sql, list(params), tables=tables).to_pylist()}
 
 
-def run_counts(lake: Any, problems: list[dict], keys: dict[str, str], dataset_sql: str | None = None) -> dict[str, Any]:
+def run_counts(lake: Any, problems: list[dict], keys: dict[str, str], dataset_scope: str | None = None) -> dict[str, Any]:
     """The funnel of a run: its problems, its request keys (key -> problem_id; a sample's id is
     its request key) and their samples as the lake holds them now (so a resumed run counts the
-    whole, not just its last attempt), per source of the run's problems. `dataset_sql`: the
-    run's dataset SELECT, for the `dataset` row."""
+    whole, not just its last attempt), per source of the run's problems. `dataset_scope`: the
+    scope of the run's dataset (factory/stages.py `dataset_scope`), for the `dataset` row."""
     source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
     scope = ("SELECT s.sample_id, s.created_at, s.problem_id, s.request_key, s.prompt_tokens, s.completion_tokens, s.cost_usd, "
              "k.source FROM samples s JOIN _k k ON s.sample_id = k.k")
@@ -133,7 +138,7 @@ def run_counts(lake: Any, problems: list[dict], keys: dict[str, str], dataset_sq
         by_source[source_of[p["problem_id"]]]["problems"] += 1
     for pid in keys.values():
         by_source[source_of.get(pid, "?")]["requests"] += 1
-    rows = stage_counts(lake, scope, tables=tables, dataset_sql=dataset_sql)
+    rows = stage_counts(lake, scope, tables=tables, dataset_scope=dataset_scope)
     for r in rows:
         by_source[r["source"]].update({k: r[k] for k in SAMPLE_ROWS}, dataset=r.get("dataset", 0))
     total: dict[str, int] = defaultdict(int)

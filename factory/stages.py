@@ -261,15 +261,13 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def dataset_sql(recipe: Recipe, *, teacher: str, sources: Sequence[str]) -> str:
-    """The dataset's SELECT: this teacher's samples on problems of the recipe's sources that
-    are not contaminated, accepted by the funnel's rule and kept by dedup (factory/funnel.py,
-    the same SQL the run summary and the report count with). Rows carry `messages` ready for
-    SFT: the prompt turns plus the assistant turn with the reasoning inside <think>. Saved with
-    the dataset and pinned to a snapshot, so it reads the same forever. `recipe` is not
-    consulted: every check's verdict counts, not only the recipe's."""
+def dataset_scope(*, teacher: str, sources: Sequence[str]) -> str:
+    """The samples a dataset may take, before the funnel's rule: this teacher's samples on
+    problems of `sources` that are not contaminated, with the columns a dataset row carries
+    (`messages` ready for SFT: the prompt turns plus the assistant turn with the reasoning
+    inside <think>)."""
     src = ", ".join(_quote(s) for s in sorted(set(sources))) or "NULL"
-    scope = f"""SELECT s.sample_id, s.created_at, s.problem_id, p.source, p.domain, p.problem, p.reference_answer,
+    return f"""SELECT s.sample_id, s.created_at, s.problem_id, p.source, p.domain, p.problem, p.reference_answer,
          list_append(s.messages, {{'role': 'assistant',
                                    'content': '<think>\n' || coalesce(s.reasoning, '') || '\n</think>\n\n' || coalesce(s.answer, '')}}) AS messages,
          s.reasoning, s.answer, s.teacher, s.model, s.sample_index, s.finish_reason, s.completion_tokens
@@ -278,9 +276,17 @@ def dataset_sql(recipe: Recipe, *, teacher: str, sources: Sequence[str]) -> str:
                any_value(reference_answer) AS reference_answer, max(len(coalesce(contamination, []))) AS hits
         FROM problems GROUP BY problem_id) p ON p.problem_id = s.problem_id
   WHERE s.teacher = {_quote(teacher)} AND p.source IN ({src}) AND p.hits = 0"""
+
+
+def dataset_sql(recipe: Recipe, *, teacher: str, sources: Sequence[str]) -> str:
+    """The dataset's SELECT: the samples of `dataset_scope` accepted by the funnel's rule and
+    kept by dedup (factory/funnel.py, the same SQL the run summary and the report count with).
+    Saved with the dataset and pinned to a snapshot, so it reads the same forever. `recipe` is
+    not consulted: every check's verdict counts, not only the recipe's."""
+    scope = dataset_scope(teacher=teacher, sources=sources)
     return funnel.outcomes(scope) + """SELECT sample_id, problem_id, source, domain, problem, reference_answer, messages,
   reasoning, answer, teacher, model, sample_index, finish_reason, completion_tokens
-FROM o WHERE accepted AND dedup_kept
+FROM o WHERE """ + funnel.IN_DATASET + """
 ORDER BY problem_id, sample_index"""
 
 

@@ -486,7 +486,7 @@ def summarize(lake: Lake, problems: list[dict], rounds: RoundState, seconds: dic
     factory/funnel.py over the run's problems and request keys, read back from the lake, plus
     the stages' time, what this attempt sent, and the dataset version."""
     return {
-        **funnel.run_counts(lake, problems, rounds.keys, ds and ds["sql"]),
+        **funnel.run_counts(lake, problems, rounds.keys, ds and ds["scope"]),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "sent_this_attempt": rounds.sent,
         "budget_reached": rounds.budget_reached,
@@ -541,8 +541,9 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
             dd = dedup(lake, recipe, run_id, "samples", quote(sorted(rounds.accepted)))
             s.note = f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept"
         with stage("dataset", seconds) as s:
-            sql = stages.dataset_sql(recipe, teacher=teacher.config.name, sources=sorted({p.get("source") or "" for p in problems}))
-            ds = {**dataset(lake, recipe, sql, run_id, run.rhash), "sql": sql}
+            scope = {"teacher": teacher.config.name, "sources": sorted({p.get("source") or "" for p in problems})}
+            sql = stages.dataset_sql(recipe, **scope)
+            ds = {**dataset(lake, recipe, sql, run_id, run.rhash), "scope": stages.dataset_scope(**scope)}
             s.note = f"{ds['name']} v{ds['version']}: {ds['rows']} rows"
         summary = {**summarize(lake, eligible, rounds, seconds, ds), "run_id": run_id, "problems_dropped": len(problems) - len(eligible)}
         run.record("finished", summary)

@@ -373,7 +373,8 @@ def test_flow_summary_report_funnel_and_dataset_count_agree(tmp_path):
     with Lake.open(str(tmp_path / "s")) as lake:
         sql = stages.dataset_sql(recipe(), teacher=TEACHER, sources=["src"])
         saved = lake.save_dataset("f", sql, run_id=RUN)
-        ds = {"name": "f", "version": saved.version, "rows": saved.row_count, "new": True, "sql": sql}
+        ds = {"name": "f", "version": saved.version, "rows": saved.row_count, "new": True,
+              "scope": stages.dataset_scope(teacher=TEACHER, sources=["src"])}
         summary = summarize(lake, problems, rounds, {}, ds)
         report = collect_report(lake, RUN).counts
         # The round planner's in-memory view of the same samples accepts the same ones.
