@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
+from factory.questions.splits import DEFAULT_TEST_SHARE, on_side
 from factory.records import problem_id as hash_problem
 from storage.errors import BadInput
 
@@ -27,7 +29,13 @@ class PromptsConfig(Section):
     """Where the prompts come from: problems from the lake whose stored pass rate (the `labels`
     table) lies strictly inside `pass_rate` (GRPO learns nothing from a group that all pass or
     all fail), or a JSONL file of problems. A row needs `problem` and `reference_answer`
-    (or `answer`); `problem_id`, `domain`, `tests`, `pass_rate` are used when present."""
+    (or `answer`); `problem_id`, `domain`, `tests`, `pass_rate` are used when present.
+    `split: train` keeps only the train side of the factory's hash split
+    (factory/questions/splits.py, at `test_share`), so a policy never trains on a problem
+    `factory eval --recipe` or `--family` holds out, whatever else the lake or file holds.
+    The messages are rendered as a recipe's `prompt:` is (factory/recipe.py PromptSpec):
+    `system_prompt` as the system turn, `template` with `{problem}` replaced and other braces
+    doubled, so `factory eval --system ... --template ...` shows a student the same text."""
 
     jsonl: str | None = None
     sql: str | None = None  # a SELECT over the lake; default: problems joined to labels
@@ -36,7 +44,9 @@ class PromptsConfig(Section):
     pass_rate: tuple[float, float] | None = (0.0, 1.0)  # open interval; None: no filter
     limit: int | None = None
     system_prompt: str | None = None
-    template: str = "{problem}"  # the user message; {problem} is replaced
+    template: str = "{problem}"  # the user message; {problem} is replaced, other braces doubled (a recipe's rule)
+    split: Literal["all", "train", "test"] = "all"  # train: only problems on the train side of the hash split
+    test_share: float = Field(DEFAULT_TEST_SHARE, gt=0.0, lt=1.0)  # the split's test share: the data recipe's
 
     @model_validator(mode="after")
     def _source(self) -> PromptsConfig:
@@ -46,6 +56,10 @@ class PromptsConfig(Section):
             raise ValueError(f"pass_rate {list(self.pass_rate)}: expected [low, high] with 0 <= low < high <= 1")
         if "{problem}" not in self.template:
             raise ValueError("template: expected a string containing {problem}")
+        try:
+            self.template.format(problem="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template: only {{problem}} may be a placeholder (double other braces): {exc}") from None
         return self
 
 
@@ -87,6 +101,8 @@ def read_prompts(cfg: PromptsConfig) -> list[dict]:
     out = []
     lo_hi = cfg.pass_rate
     for row in rows:
+        if not on_side(str(row["problem"]), cfg.split, cfg.test_share):
+            continue
         p = row.get("pass_rate")
         if lo_hi is not None and p is not None and not (lo_hi[0] < p < lo_hi[1]):
             continue  # all pass or all fail: a zero-variance group, no signal
@@ -98,13 +114,14 @@ def read_prompts(cfg: PromptsConfig) -> list[dict]:
             break
     if not out:
         where = cfg.jsonl or "the lake"
-        raise BadInput(f"prompts: no problems from {where} with pass_rate strictly inside {list(lo_hi) if lo_hi else 'any'}")
+        side = f" on the {cfg.split} side (test_share {cfg.test_share})" if cfg.split != "all" else ""
+        raise BadInput(f"prompts: no problems from {where}{side} with pass_rate strictly inside {list(lo_hi) if lo_hi else 'any'}")
     return out
 
 
 def messages_for(row: dict, cfg: PromptsConfig) -> tuple[dict, ...]:
     msgs = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    msgs.append({"role": "user", "content": cfg.template.replace("{problem}", str(row["problem"]))})
+    msgs.append({"role": "user", "content": cfg.template.format(problem=str(row["problem"]))})
     return tuple(msgs)
 
 

@@ -77,6 +77,37 @@ def test_jsonl_prompts_errors(tmp_path):
     assert [r["reference_answer"] for r in rows] == ["2"] and rows[0]["problem_id"]
 
 
+def test_train_split_keeps_held_out_problems_out_of_the_prompts(tmp_path):
+    """`split: train` drops every problem on the test side of the factory's hash split, the
+    side `factory eval --recipe` scores: a policy never trains on a held-out problem."""
+    from factory.questions.splits import split_of
+
+    problems = [f"What is {a} + {b}?" for a in range(10, 40) for b in range(1, 10)]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"problem": p, "answer": "0"}) + "\n" for p in problems))
+    kept = [r["problem"] for r in read_prompts(PromptsConfig(jsonl=str(f), split="train", test_share=0.3))]
+    want = [p for p in problems if split_of(p, 0.3) == "train"]
+    assert kept == want and 0 < len(want) < len(problems)
+    assert len(read_prompts(PromptsConfig(jsonl=str(f)))) == len(problems)  # split: all keeps every one
+    f.write_text(json.dumps({"problem": next(p for p in problems if split_of(p, 0.3) == "test"), "answer": "0"}) + "\n")
+    with pytest.raises(BadInput, match="on the train side"):
+        read_prompts(PromptsConfig(jsonl=str(f), split="train", test_share=0.3))
+
+
+def test_prompts_render_as_a_recipe_prompt_does():
+    """The GRPO messages and the recipe's (what `factory eval --recipe` shows) are one text,
+    doubled braces included; a stray placeholder is refused when the config loads."""
+    from factory.recipe import PromptSpec
+    from trainer.prompts import messages_for
+
+    system, template = "Answer in one sentence.", "Q: {problem} Put it in \\boxed{{}}."
+    row = {"problem": "What is 2 + 3?"}
+    assert list(messages_for(row, PromptsConfig(jsonl="x", system_prompt=system, template=template))) == \
+        PromptSpec(system=system, template=template).messages(row)
+    with pytest.raises(ValueError, match="only {problem} may be a placeholder"):
+        PromptsConfig(jsonl="x", template="{problem} and {answer}")
+
+
 def test_dynamic_sampling_refills_zero_variance_groups(tmp_path):
     cfg = tiny_config(tmp_path, max_steps=2, max_refills=20)
     # Half the prompts can never be answered in one token (gold "55"): always reward 0, zero std.
