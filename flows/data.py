@@ -285,27 +285,49 @@ _DATASET_REF = re.compile(r"^(?P<name>[A-Za-z0-9._-]+?)(?:@(?P<version>\d+))?$")
 
 def export(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", help="NAME or NAME@VERSION [default version: the newest].")],
-    format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="jsonl or parquet.")] = "jsonl",
+    format: Annotated[
+        str,
+        typer.Option("--format", metavar="FORMAT", help="jsonl, parquet, or hf: a Hugging Face dataset folder (Parquet shards and a "
+                     "README.md card written from the lake) that datasets.load_dataset(DIR) loads."),
+    ] = "jsonl",
     output: Annotated[
         Path,
         typer.Option(
             "--output",
             metavar="PATH",
-            help="File to write, in an existing folder; a regular file there is replaced whole when done, a device, folder or symlink is refused.",
+            help="File to write, in an existing folder; a regular file there is replaced whole when done, a device, folder or symlink "
+            "is refused. With --format hf: a new or empty folder.",
         ),
     ] = ...,
+    license: Annotated[
+        str | None,
+        typer.Option("--license", metavar="ID", help="The card's licence (a Hub id such as mit or cc-by-4.0) [default: the recipe's "
+                     "seed sets' license key when they agree, else other]. --format hf only."),
+    ] = None,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Write a dataset version, exactly as it was saved, to JSONL or Parquet."""
+    """Write a dataset version, exactly as it was saved, to JSONL, Parquet or a Hugging Face dataset folder with its card."""
 
     def job() -> None:
-        if format not in ("jsonl", "parquet"):
-            raise BadInput(f"--format {format!r}: expected jsonl or parquet")
+        if format not in ("jsonl", "parquet", "hf"):
+            raise BadInput(f"--format {format!r}: expected jsonl, parquet or hf")
+        if license is not None and format != "hf":
+            raise BadInput("--license: only with --format hf (the licence goes into the dataset card)")
         m = _DATASET_REF.match(dataset)
         if not m:
             raise BadInput(f"dataset {dataset!r}: expected NAME or NAME@VERSION")
         version = int(m["version"]) if m["version"] else None
+        if format == "hf":
+            from factory.cards import check_output_folder, write_hf_folder
+
+            check_output_folder(output)  # before the lake is read
+            with Lake.open(store, catalog, create=False) as lake:
+                with err.status(f"writing {m['name']} to {output}"):
+                    info = write_hf_folder(lake, m["name"], version, output, license=license)
+            err.print(f"wrote {info['rows']} row(s) of {info['name']}@{info['version']} to {output} "
+                      f"({info['shards']} Parquet shard(s) and README.md); load it with datasets.load_dataset({str(output)!r})", markup=False)
+            return
         check_output(output)  # a device, link or missing folder fails before the lake is read
         with Lake.open(store, catalog, create=False) as lake:
             ds = lake.dataset(m["name"], version)

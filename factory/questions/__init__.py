@@ -80,6 +80,14 @@ class SeedSource(BaseModel):
     split: str | None = None  # hf: which split of a DatasetDict folder
     on_bad_row: Literal["fail", "skip"] = "fail"
     show_tests: int = Field(0, ge=0)  # code: append the first N asserts to the problem (MBPP's prompt)
+    license: str | None = Field(None, min_length=1, max_length=200, description="the seed set's licence, for dataset cards")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        out = handler(self)
+        if self.license is None and isinstance(out, dict):  # a recipe written before `license` keeps its hash
+            out.pop("license", None)
+        return out
 
 
 class GeneratorSource(BaseModel):
