@@ -18,8 +18,8 @@ hit each and were left out) and the seed sets used with their licences (a seed s
 `license:` key in the recipe). A dataset some of whose source problems matched a benchmark says
 so at the top.
 
-Nothing here uploads; the folder is written beside its final place and renamed into it, so a
-failure leaves no half-written export.
+Nothing here uploads (factory/hub.py does, when asked); the folder is written beside its final
+place and renamed into it, so a failure leaves no half-written export.
 """
 
 from __future__ import annotations

@@ -304,6 +304,12 @@ def export(
         typer.Option("--license", metavar="ID", help="The card's licence (a Hub id such as mit or cc-by-4.0) [default: the recipe's "
                      "seed sets' license key when they agree, else other]. --format hf only."),
     ] = None,
+    push: Annotated[
+        str | None,
+        typer.Option("--push", metavar="REPO", help="After writing the folder, upload it to the Hugging Face Hub as dataset USER/NAME "
+                     "(one commit; the token from HF_TOKEN or `hf auth login`, the endpoint from HF_ENDPOINT). --format hf only."),
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the --push repository as private.")] = False,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
@@ -312,8 +318,15 @@ def export(
     def job() -> None:
         if format not in ("jsonl", "parquet", "hf"):
             raise BadInput(f"--format {format!r}: expected jsonl, parquet or hf")
-        if license is not None and format != "hf":
-            raise BadInput("--license: only with --format hf (the licence goes into the dataset card)")
+        if format != "hf":
+            for flag, given in (("--license", license is not None), ("--push", push is not None), ("--private", private)):
+                if given:
+                    raise BadInput(f"{flag}: only with --format hf (it is about the dataset folder and its card)")
+        token = None
+        if push is not None:
+            from factory.hub import preflight
+
+            token = preflight(push)  # before anything is written
         m = _DATASET_REF.match(dataset)
         if not m:
             raise BadInput(f"dataset {dataset!r}: expected NAME or NAME@VERSION")
@@ -327,6 +340,12 @@ def export(
                     info = write_hf_folder(lake, m["name"], version, output, license=license)
             err.print(f"wrote {info['rows']} row(s) of {info['name']}@{info['version']} to {output} "
                       f"({info['shards']} Parquet shard(s) and README.md); load it with datasets.load_dataset({str(output)!r})", markup=False)
+            if push is not None:
+                from factory.hub import push_folder
+
+                with err.status(f"uploading {output} to {push}"):
+                    url = push_folder(output, push, message=f"factory export {info['name']}@{info['version']}", private=private, token=token)
+                err.print(f"pushed to {push}: {url}", markup=False)
             return
         check_output(output)  # a device, link or missing folder fails before the lake is read
         with Lake.open(store, catalog, create=False) as lake:
