@@ -311,16 +311,26 @@ def folder_fingerprint(folder: str | Path) -> str:
     optimizer states are not read)."""
     h = hashlib.sha256()
     for p in sorted(Path(folder).iterdir()):
-        if not p.is_file() or not p.name.endswith(FINGERPRINT_SUFFIXES):
-            continue
-        size = p.stat().st_size
-        h.update(f"{p.name}\0{size}\0".encode())
-        with open(p, "rb") as fh:
-            h.update(fh.read(FINGERPRINT_CHUNK))
-            if size > 2 * FINGERPRINT_CHUNK:
-                fh.seek(-FINGERPRINT_CHUNK, os.SEEK_END)
-                h.update(fh.read())
+        if p.is_file() and p.name.endswith(FINGERPRINT_SUFFIXES):
+            _hash_file(h, p)
     return "files:" + h.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """folder_fingerprint of one model file (a GGUF holds weights, config and tokenizer)."""
+    h = hashlib.sha256()
+    _hash_file(h, Path(path))
+    return "files:" + h.hexdigest()[:16]
+
+
+def _hash_file(h, p: Path) -> None:
+    size = p.stat().st_size
+    h.update(f"{p.name}\0{size}\0".encode())
+    with open(p, "rb") as fh:
+        h.update(fh.read(FINGERPRINT_CHUNK))
+        if size > 2 * FINGERPRINT_CHUNK:
+            fh.seek(-FINGERPRINT_CHUNK, os.SEEK_END)
+            h.update(fh.read())
 
 
 def teacher_config(cfg: EvalConfig) -> TeacherConfig:
@@ -345,6 +355,10 @@ def teacher_config(cfg: EvalConfig) -> TeacherConfig:
     folder = Path(cfg.model).expanduser()
     if folder.is_dir():
         model, revision = str(folder.resolve()), cfg.revision or folder_fingerprint(folder)
+    elif folder.suffix.lower() == ".gguf" and folder.is_file():  # one GGUF file (factory export-model): its folder and name
+        model, revision = str(folder.resolve()), cfg.revision or file_fingerprint(folder)
+    elif folder.suffix.lower() == ".gguf":
+        raise BadInput(f"MODEL {cfg.model!r}: no such file (expected a .gguf file, a checkpoint folder, or 'smollm2')")
     elif cfg.model.startswith((".", "/", "~")) or os.sep in cfg.model.strip(os.sep).replace("/", "", 1):
         raise BadInput(f"MODEL {cfg.model!r}: no such folder (expected a checkpoint folder, 'smollm2', or --backend openai with a served model)")
     else:  # a hub id, usable only when it is already in the local Hugging Face cache

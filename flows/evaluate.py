@@ -40,7 +40,8 @@ FORMATS = ("table", "json")
 
 
 def eval_(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="'smollm2', a checkpoint or exported student folder, or the model name served at --base-url.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="'smollm2', a checkpoint or exported student folder, a .gguf file "
+                                                              "(factory export-model), or the model name served at --base-url.")],
     benchmark: Annotated[str | None, typer.Option("--benchmark", metavar="NAME", help="math500, aime2024, aime2025, amc23, gsm8k, "
                                                   "minerva, olympiadbench, humaneval or mbpp; several separated by commas.")] = None,
     problems: Annotated[str | None, typer.Option("--problems", metavar="FILE", help="A JSONL file of problems with answers: rows with problem and "

