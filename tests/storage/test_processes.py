@@ -59,13 +59,13 @@ def check_whole_batches(lake: Lake) -> dict[str, int]:
 
 def referenced_files(lake: Lake) -> set[str]:
     out = set()
-    for table in ("problems", "batches"):
+    for table in ("problems", "batches", "meta"):
         out |= {os.path.realpath(p) for p in lake.query(f"SELECT data_file FROM ducklake_list_files('lake', '{table}')").column(0).to_pylist()}
     return out
 
 
 def files_on_disk(store: str) -> set[str]:
-    return {os.path.realpath(p) for p in (Path(store) / "data" / "main").rglob("*.parquet") if "/meta/" not in str(p)}
+    return {os.path.realpath(p) for p in (Path(store) / "data" / "main").rglob("*.parquet")}
 
 
 def test_sigkill_mid_commit_leaves_whole_batches_and_maintain_cleans_orphans(tmp_path):
