@@ -17,6 +17,32 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="factory-prefect-h
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import services
 
+# The slowest files (minutes each: fresh processes loading SmolLM2, Prefect servers, the toy
+# loop) run first, so that `pytest -n 2 --dist loadfile` (scripts/test.sh) does not end with
+# one worker alone on a long file while the other idles. Order within a file is kept.
+SLOW_FIRST = (
+    "tests/flows/test_loop.py",
+    "tests/flows/test_run_cli.py",
+    "tests/factory/questions/test_writer.py",
+    "tests/flows/test_server.py",
+    "tests/trainer/test_model.py",
+    "tests/trainer/test_distill_topk.py",
+    "tests/flows/test_export_model_cli.py",
+    "tests/flows/test_data.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(SLOW_FIRST)}
+    root = Path(__file__).resolve().parent.parent
+
+    def key(item):
+        path = Path(str(item.fspath)).resolve()
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        return rank.get(rel, len(SLOW_FIRST))
+
+    items.sort(key=key)  # stable: everything else keeps its collection order
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
