@@ -35,13 +35,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from storage.errors import BadInput
 
 from .filters import FILTERS, FilterConfig
 from .questions import QuestionSource
-from .teachers.base import Endpoint, Price, Sampling, TeacherConfig
+from .teachers.base import Endpoint, Price, Sampling, TeacherConfig, omit_unset
 from .verifiers.registry import VERIFIERS as _REGISTRY
 from .yaml_config import load_yaml_model
 
@@ -102,12 +102,17 @@ class TeacherSpec(_Strict):
     batch_size: int = Field(8, ge=1, le=100_000)
     device: str | None = None
     gguf_file: str | None = None
+    logprob_token_ids: bool = Field(False, description="openai: ask vLLM's server for token ids with sampling.top_logprobs")
 
     @model_validator(mode="after")
     def _needs_url(self) -> TeacherSpec:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return omit_unset(handler(self), self, ("logprob_token_ids",))  # recipes without it keep their hash
 
     def to_config(self) -> TeacherConfig:
         urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])

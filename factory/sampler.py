@@ -10,6 +10,8 @@ batches (`commit_every` samples or `commit_interval_s` seconds, whichever first)
 loses at most the requests in flight and the last unflushed batch; the buffer is flushed on the
 way out of any failure or cancellation. Partial results of an `n`-request are kept; the missing
 indices stay missing for the next run. `finish_reason=length` is stored as data, never retried.
+With `Sampling.top_logprobs`, each sample's top-k log-probs (`Completion.topk`) go to the
+`teacher_topk` table in the same lake transaction as the sample.
 
 A `Budget` in tokens or dollars stops new requests once spent reaches it; requests in flight
 finish and are committed. Teachers are checked (`Teacher.check`) before the first request, so
@@ -156,9 +158,12 @@ async def sample_teacher(
 
     async def receive(entry: tuple[RequestGroup, dict[int, str]], completions: list[Completion]) -> None:
         group, keys = entry
-        rows = [sample_row(config, group, c, key) for c, key in requested(config, keys, completions)]
+        pairs = requested(config, keys, completions)
+        rows = [sample_row(config, group, c, key) for c, key in pairs]
         count_received(stats, rows)
-        await committer.add(rows)
+        # Top-k log-probs go to their own table in the same commit as their samples: a crash
+        # between two commits could otherwise keep one without the other.
+        await committer.add(rows, also={"teacher_topk": [c.topk.row(key) for c, key in pairs if c.topk]})
         if on_progress:
             on_progress(stats)
 
@@ -309,7 +314,8 @@ class Committer:
     `batch_key(rows)` names a batch by its contents, so committing the same rows twice writes
     nothing. Commits advance `counts.committed`. With a `spill_dir`, rows that cannot be
     committed (the lake is down) are written to a JSONL spill file there rather than lost
-    (`factory ingest SPILL --table TABLE` loads them later) and counted in `counts.spilled`."""
+    (`factory ingest SPILL --table TABLE` loads them later) and counted in `counts.spilled`.
+    Rows of other tables given with `add(rows, also=...)` are committed in the same batch."""
 
     def __init__(self, lake: Lake, table: str, run_id: str, counts: Any, *, batch_key: Callable[[list[dict]], str],
                  every: int = 32, interval_s: float | None = 2.0, spill_dir: str | None = None):
@@ -317,11 +323,14 @@ class Committer:
         self.batch_key, self.spill_dir = batch_key, spill_dir
         self.every, self.interval_s = max(1, every), interval_s
         self.rows: list[dict] = []
+        self.also: dict[str, list[dict]] = {}
         self.lock = asyncio.Lock()
         self.last = time.monotonic()
 
-    async def add(self, rows: list[dict]) -> None:
+    async def add(self, rows: list[dict], also: dict[str, list[dict]] | None = None) -> None:
         self.rows.extend(rows)
+        for table, extra in (also or {}).items():
+            self.also.setdefault(table, []).extend(extra)
         if len(self.rows) >= self.every:
             await self.flush()
 
@@ -338,20 +347,24 @@ class Committer:
             if not self.rows:
                 return
             rows, self.rows = self.rows, []
+            also, self.also = {t: r for t, r in self.also.items() if r}, {}
             try:
-                result = await asyncio.to_thread(self.lake.commit, self.table, rows, batch_key=self.batch_key(rows), run_id=self.run_id)
+                result = await asyncio.to_thread(self.lake.commit, self.table, rows, batch_key=self.batch_key(rows), run_id=self.run_id,
+                                                 also=also or None)
             except BaseException:
                 if self.spill_dir is not None:
-                    self._spill(rows)
+                    self._spill(self.table, rows)
+                    for table, extra in also.items():
+                        self._spill(table, extra, count=False)
                 raise
             self.counts.committed += result.rows
             self.last = time.monotonic()
 
-    def _spill(self, rows: list[dict]) -> None:
+    def _spill(self, table: str, rows: list[dict], count: bool = True) -> None:
         os.makedirs(self.spill_dir, exist_ok=True)  # type: ignore[arg-type]
-        path = os.path.join(self.spill_dir, f"{self.table}-{self.run_id}-{int(time.time() * 1000)}.jsonl")  # type: ignore[arg-type]
+        path = os.path.join(self.spill_dir, f"{table}-{self.run_id}-{int(time.time() * 1000)}.jsonl")  # type: ignore[arg-type]
         with open(path, "w", encoding="utf-8") as fh:
             for r in rows:
                 fh.write(json.dumps(r, default=str) + "\n")
-        self.counts.spilled += len(rows)
-        log.error("could not commit %d row(s) of %s; kept them in %s", len(rows), self.table, path)
+        self.counts.spilled += len(rows) if count else 0
+        log.error("could not commit %d row(s) of %s; kept them in %s", len(rows), table, path)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .errors import BadInput
 
-SCHEMA_VERSION = 3  # 2: the `minhash` table (dedup's persisted index); 3: `labels` and `evals`
+SCHEMA_VERSION = 4  # 2: the `minhash` table (dedup's persisted index); 3: `labels` and `evals`; 4: `teacher_topk`
 
 _ts = pa.timestamp("us", tz="UTC")
 _message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -67,6 +67,26 @@ SAMPLES = pa.schema(
         _f("latency_s", pa.float64()),
         _f("cost_usd", pa.float64()),
         _f("metadata", pa.string()),  # JSON
+        _f("created_at", _ts, True),
+    ]
+)
+
+# The teacher's top-k log-probs of a sample's generated tokens (recipes with
+# `teacher.sampling.top_logprobs`), kept out of `samples` so that table stays light: one row per
+# sample, committed in the same transaction as it. Lists run over the generated positions, in
+# order; ids where the backend gives them, token strings where it gives those.
+TEACHER_TOPK = pa.schema(
+    [
+        _f("sample_id", pa.string(), True),
+        _f("run_id", pa.string(), True),
+        _f("k", pa.int32(), True),  # asked for; a position may hold fewer
+        _f("positions", pa.int32(), True),  # generated tokens covered
+        _f("token_ids", pa.list_(pa.int32())),  # the token generated at each position
+        _f("tokens", pa.list_(pa.string())),
+        _f("token_logprobs", pa.list_(pa.float32())),
+        _f("top_ids", pa.list_(pa.list_(pa.int32()))),  # [position][rank]
+        _f("top_tokens", pa.list_(pa.list_(pa.string()))),
+        _f("top_logprobs", pa.list_(pa.list_(pa.float32())), True),
         _f("created_at", _ts, True),
     ]
 )
@@ -209,6 +229,7 @@ META = pa.schema([_f("key", pa.string(), True), _f("value", pa.string(), True)])
 TABLES: dict[str, pa.Schema] = {
     "problems": PROBLEMS,
     "samples": SAMPLES,
+    "teacher_topk": TEACHER_TOPK,
     "verdicts": VERDICTS,
     "dedup": DEDUP,
     "minhash": MINHASH,
@@ -232,6 +253,8 @@ def duckdb_type(t: pa.DataType) -> str:
         return "BIGINT"
     if pa.types.is_float64(t):
         return "DOUBLE"
+    if pa.types.is_float32(t):
+        return "FLOAT"
     if pa.types.is_boolean(t):
         return "BOOLEAN"
     if pa.types.is_timestamp(t):

@@ -241,14 +241,20 @@ def tokenize_rows(rows: Iterable[dict], tokenizer, cfg: DataConfig) -> tuple[lis
 
 
 def _extra_fields(row: dict) -> dict:
-    """Teacher top-k log-probs stored with a sample (metadata JSON key `teacher_topk`: {"ids": [[...]],
-    "logprobs": [[...]]}, one list per supervised token), for offline sparse KD."""
+    """What sparse KD needs of a row besides its tokens: the teacher's top-k log-probs, either
+    already per supervised token (metadata JSON key `teacher_topk`: {"ids": [[...]], "logprobs":
+    [[...]]}), or as the `teacher_topk` table stores them (columns `token_ids`, `top_ids`,
+    `top_logprobs` joined to the row: aligned by trainer/distill.py), and the row's sample_id (to
+    look them up in that table)."""
+    out: dict[str, Any] = {"sample_id": row["sample_id"]} if row.get("sample_id") else {}
+    if row.get("top_logprobs") is not None:
+        out["topk_record"] = {k: row.get(k) for k in ("token_ids", "top_ids", "top_logprobs")}
     meta = row.get("metadata")
     if isinstance(meta, str) and "teacher_topk" in meta:
         try:
             meta = json.loads(meta)
         except json.JSONDecodeError:
-            return {}
+            return out
     if isinstance(meta, dict) and "teacher_topk" in meta:
-        return {"teacher_topk": meta["teacher_topk"]}
-    return {}
+        out["teacher_topk"] = meta["teacher_topk"]
+    return out

@@ -16,10 +16,20 @@ Modes (`kd.mode`):
   tokens, the divergence is taken there (no cross-entropy: there is no reference), and the
   loss is a per-micro-batch mean over the sampled tokens. The choice is a function of
   (seed, step), so every rank agrees and a resumed run makes the same choices.
-- sparse: no teacher model at run time; each row's `metadata` JSON carries `teacher_topk`:
-  {"ids": [[k ids] per supervised token], "logprobs": [[k log-probs] ...]} in the order of the
-  supervised tokens (the assistant turn through its end-of-turn token), as a teacher backend
-  that returns top-k log-probs produces them. Loss: cross-entropy against the renormalised top-k.
+- sparse: no teacher model at run time; the teacher's top-k log-probs come from the lake's
+  `teacher_topk` table, which `factory run` fills when the recipe asks for them
+  (`teacher.sampling.top_logprobs: k`; transformers, vLLM, or an OpenAI-compatible server that
+  returns token ids). Each row is matched by its `sample_id` (or carries the table's
+  `token_ids`, `top_ids`, `top_logprobs` columns, joined in its SELECT), and the teacher's
+  generated token ids must equal the student's supervised tokens (same tokenizer, completion
+  trained on as sampled): the first difference is a BadInput naming the sample. A completion cut
+  at max_tokens has no teacher distribution for the end-of-turn token the template appends:
+  that position gets no KD term (ce_weight can cover it). A row may instead carry, in its
+  `metadata` JSON, `teacher_topk`: {"ids": [[k ids] per supervised token], "logprobs": [[k
+  log-probs] ...]}, already in the order of the supervised tokens (the assistant turn through
+  its end-of-turn token). Loss: cross-entropy against the (renormalised) top-k, which at k =
+  vocabulary size is the logits mode's forward KL plus the teacher's entropy (a constant): the
+  same gradients.
 
 Memory: with `loop.loss_chunk_tokens` (default 4096) the student's and the teacher's LM heads
 and the divergence run over that many supervised tokens at a time (trainer/losses.py
@@ -143,9 +153,63 @@ def sample_on_policy(model, rows: list[list[Example]], tokenizer, kd: KDConfig, 
     return collate([[e] for e in made], pad), made
 
 
+def attach_topk(examples: list[Example], data, tokenizer) -> None:
+    """Give every example without `teacher_topk` its sample's stored top-k, aligned with its
+    supervised tokens (see the module docstring); BadInput for a row that has none or whose
+    tokens differ from the teacher's."""
+    need = [ex for ex in examples if "teacher_topk" not in ex.extra]
+    lookup = sorted({ex.extra["sample_id"] for ex in need if "topk_record" not in ex.extra and ex.extra.get("sample_id")})
+    stored = read_topk(data, lookup) if lookup else {}
+    for ex in need:
+        sid = ex.extra.get("sample_id")
+        where = f"row {ex.row}" + (f" (sample_id {sid})" if sid else "")
+        record = ex.extra.pop("topk_record", None) or stored.get(sid)
+        if record is None:
+            why = "no row in the lake's teacher_topk table" if sid else "no sample_id to find it in the lake's teacher_topk table"
+            raise BadInput(f"{where}: kd.mode sparse needs the teacher's top-k log-probs: {why} "
+                           "(sample with teacher.sampling.top_logprobs, or give metadata.teacher_topk)")
+        ex.extra["teacher_topk"] = align_topk(ex, record, tokenizer, where)
+
+
+def read_topk(data, sample_ids: list[str]) -> dict[str, dict]:
+    """The `teacher_topk` rows of `sample_ids` from the configured lake (the newest per sample)."""
+    import pyarrow as pa
+
+    from storage import Lake
+
+    with Lake.open(data.store, data.catalog, create=False) as lake:
+        rows = lake.query(
+            "SELECT t.sample_id, t.token_ids, t.top_ids, t.top_logprobs FROM teacher_topk t JOIN _ids USING (sample_id) ORDER BY t.created_at",
+            tables={"_ids": pa.table({"sample_id": sample_ids})},
+        ).to_pylist()
+    return {r["sample_id"]: r for r in rows}
+
+
+def align_topk(ex: Example, record: dict, tokenizer, where: str) -> dict:
+    """A stored top-k record as {"ids", "logprobs"} per supervised token of `ex`: the teacher's
+    generated ids must be the supervised tokens; one trailing end-of-turn token past a
+    completion cut at max_tokens gets ids -1 (no KD term)."""
+    generated, top_ids = record.get("token_ids"), record.get("top_ids")
+    if generated is None or top_ids is None:
+        raise BadInput(f"{where}: the stored top-k has token strings but no token ids; sparse KD needs ids "
+                       "(openai backend on vLLM's server: teacher.logprob_token_ids: true; or the vllm or transformers backend)")
+    supervised = [t for t in ex.labels if t != IGNORE]
+    n = min(len(generated), len(supervised))
+    bad = next((j for j in range(n) if generated[j] != supervised[j]), None)
+    if bad is not None:
+        raise BadInput(f"{where}: the student's token {bad} of the completion is {tokenizer.decode([supervised[bad]])!r}, the teacher "
+                       f"generated {tokenizer.decode([generated[bad]])!r}: sparse KD needs the teacher's tokenizer and the completion "
+                       "trained on as it was sampled")
+    extra = len(supervised) - n
+    if extra > 1 or (extra == 1 and supervised[-1] != tokenizer.eos_token_id):
+        raise BadInput(f"{where}: {len(supervised)} supervised tokens, but the teacher's top-k covers {len(generated)}")
+    neg = float("-inf")
+    return {"ids": [list(r) for r in top_ids[:n]] + [[-1]] * extra, "logprobs": [list(r) for r in record["top_logprobs"][:n]] + [[neg]] * extra}
+
+
 def topk_tensors(batch: Batch, rows: list[list[Example]]) -> tuple[torch.Tensor, torch.Tensor]:
     """[rows, T, K] teacher ids (-1 = none) and log-probs at the batch's supervised positions."""
-    k = max(len(ex.extra["teacher_topk"]["ids"][0]) for row in rows for ex in row if ex.extra.get("teacher_topk", {}).get("ids"))
+    k = max((len(ids) for row in rows for ex in row for ids in ex.extra.get("teacher_topk", {}).get("ids") or ()), default=1)
     n, t = batch.labels.shape
     ids = torch.full((n, t, k), -1, dtype=torch.long)
     lps = torch.full((n, t, k), float("-inf"))
@@ -258,6 +322,8 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict[str, A
     """Run distillation to the end (or `stop_after_steps`); return the final metrics."""
     env = init_distributed(config.distributed)
     tokenizer, examples, stats = prepare(config, env)
+    if config.kd.mode == "sparse":
+        attach_topk(examples, config.data, tokenizer)
     model = shard_model(build_model(config.model, tokenizer, env.device), env, config.distributed)
     if config.kd.mode == "sequence":
         loss = make_sft_loss(config.loop.loss_chunk_tokens)

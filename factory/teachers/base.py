@@ -12,6 +12,15 @@ the server supports `n`; it returns the completions it got, each tagged with its
 Fewer than asked is allowed (partial results are kept; the missing keys are sent again on the
 next run). Errors are `TeacherError`: `retryable` says whether trying again later can help.
 
+Top-k log-probs: `Sampling.top_logprobs = k` asks the backend for the k most likely tokens
+and their log-probs at every generated position (OpenAI-compatible `logprobs`/`top_logprobs`,
+vLLM's `SamplingParams(logprobs=k)`, the local teacher's own logits). A completion then carries
+them in `Completion.topk` (see `TopK`); the sampler stores them in the `teacher_topk` table and
+`factory train distill` (kd.mode sparse) learns from them. It is part of the request key: a
+sample paid for without log-probs has none to give, so asking for them is a new request. Left
+unset it is left out of `Sampling`'s dump, so request keys and recipe hashes from before the
+option existed stay as they were.
+
 Backends: `factory.teachers.openai_http` (any OpenAI-compatible server), `factory.teachers.vllm_offline`
 (vLLM's `LLM.generate`), `factory.teachers.local` (transformers on CPU or one GPU).
 """
@@ -22,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from ..records import content_hash
 
@@ -37,6 +46,21 @@ class Sampling(BaseModel):
     max_tokens: int = Field(4096, ge=1)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_logprobs: int | None = Field(None, ge=1, le=100_000, description="top-k log-probs per generated token (None: none)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return omit_unset(handler(self), self, ("top_logprobs",))
+
+
+def omit_unset(dumped, model: BaseModel, fields: tuple[str, ...]):
+    """`dumped` without `fields` that hold their default: options added after keys and hashes
+    were first computed from a model's dump must not change those of models that do not use them."""
+    if isinstance(dumped, dict):
+        for name in fields:
+            if getattr(model, name) == type(model).model_fields[name].default:
+                dumped.pop(name, None)
+    return dumped
 
 
 class Price(BaseModel):
@@ -91,6 +115,8 @@ class TeacherConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     device: str | None = None  # transformers: "cpu", "cuda", or None for the best available
     gguf_file: str | None = None  # transformers: a GGUF file inside the model folder
+    # openai: ask for token ids with top-k log-probs (vLLM's `return_tokens_as_token_ids`; other servers may refuse it)
+    logprob_token_ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +145,27 @@ class Completion:
     latency_s: float | None = None
     endpoint: str | None = None
     extra: dict = field(default_factory=dict)
+    topk: TopK | None = None  # with Sampling.top_logprobs: the teacher's top-k at each generated token
+
+
+@dataclass
+class TopK:
+    """The teacher's top-k log-probs at each generated position, in order: position j is the
+    distribution the j-th generated token was drawn from. Ids where the backend gives them
+    (transformers, vLLM offline, vLLM's server with `logprob_token_ids`), token strings where it
+    gives those (OpenAI-compatible servers); each position may hold fewer than `k` entries."""
+
+    k: int
+    top_logprobs: list[list[float]]
+    top_ids: list[list[int]] | None = None
+    top_tokens: list[list[str]] | None = None
+    token_ids: list[int] | None = None  # the token generated at each position
+    tokens: list[str] | None = None
+    token_logprobs: list[float] | None = None  # its log-prob (it need not be in the top k)
+
+    def row(self, sample_id: str) -> dict:
+        """A `teacher_topk` row (storage/schemas.py) for the sample."""
+        return {"sample_id": sample_id, "k": self.k, "positions": len(self.top_logprobs), **vars(self)}
 
 
 class TeacherError(Exception):

