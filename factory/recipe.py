@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from storage.errors import BadInput
 
@@ -65,6 +65,7 @@ _MAX_SAMPLES = 1024  # samples of one problem: more is a typo, and a bill
 _DAY_S = 86_400.0
 _MAX_COUNT = 10_000_000  # problems a generator or the teacher writes for one source
 _INT64 = 2**63  # integers are stored in the lake's int64 columns and JSON
+_GIVE_UP_S = 600.0
 
 # The R1 paper's instruction for math; code asks for one fenced block (the code verifier reads it).
 DEFAULT_TEMPLATES = {
@@ -96,6 +97,7 @@ class TeacherSpec(_Strict):
     context_window: int | None = Field(None, ge=1, le=100_000_000)
     request_timeout_s: float = Field(600.0, gt=0, le=_DAY_S)
     stall_timeout_s: float = Field(60.0, gt=0, le=_DAY_S)
+    give_up_after_s: float = Field(_GIVE_UP_S, gt=0, le=_DAY_S, description="openai: stop the run when nothing succeeds for this long")
     stream: bool = False
     revision: str | None = None
     tensor_parallel_size: int = Field(1, ge=1, le=1024)
@@ -108,6 +110,13 @@ class TeacherSpec(_Strict):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        out = handler(self)
+        if self.give_up_after_s == _GIVE_UP_S and isinstance(out, dict):  # a recipe written before it keeps its hash
+            out.pop("give_up_after_s", None)
+        return out
 
     def to_config(self) -> TeacherConfig:
         urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])
