@@ -65,6 +65,7 @@ _MAX_SAMPLES = 1024  # samples of one problem: more is a typo, and a bill
 _DAY_S = 86_400.0
 _MAX_COUNT = 10_000_000  # problems a generator or the teacher writes for one source
 _INT64 = 2**63  # integers are stored in the lake's int64 columns and JSON
+_GIVE_UP_S = 600.0
 
 # The R1 paper's instruction for math; code asks for one fenced block (the code verifier reads it).
 DEFAULT_TEMPLATES = {
@@ -96,6 +97,7 @@ class TeacherSpec(_Strict):
     context_window: int | None = Field(None, ge=1, le=100_000_000)
     request_timeout_s: float = Field(600.0, gt=0, le=_DAY_S)
     stall_timeout_s: float = Field(60.0, gt=0, le=_DAY_S)
+    give_up_after_s: float = Field(_GIVE_UP_S, gt=0, le=_DAY_S, description="openai: stop the run when nothing succeeds for this long")
     stream: bool = False
     revision: str | None = None
     tensor_parallel_size: int = Field(1, ge=1, le=1024)
@@ -112,7 +114,8 @@ class TeacherSpec(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_unset(handler(self), self, ("logprob_token_ids",))  # recipes without it keep their hash
+        # Recipes written before these options keep their hash.
+        return omit_unset(handler(self), self, ("logprob_token_ids", "give_up_after_s"))
 
     def to_config(self) -> TeacherConfig:
         urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])

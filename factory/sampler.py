@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 from storage import Lake
 
 from .records import content_hash
-from .teachers.base import Completion, RequestGroup, Sampling, Teacher, TeacherConfig, TeacherError, split_reasoning
+from .teachers.base import Completion, RequestGroup, Sampling, Teacher, TeacherConfig, TeacherError, TeacherUnavailable, split_reasoning
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -294,8 +294,9 @@ async def send_groups(
 
 
 def _halts(exc: TeacherError) -> bool:
-    """An error every further request would meet too (a bad key, an unknown model or path)."""
-    return not exc.retryable and getattr(exc, "status", None) in (401, 403, 404)
+    """An error every further request would meet too (a bad key, an unknown model or path, a
+    teacher that has not answered for `give_up_after_s`)."""
+    return isinstance(exc, TeacherUnavailable) or (not exc.retryable and getattr(exc, "status", None) in (401, 403, 404))
 
 
 def _error_label(exc: TeacherError) -> str:

@@ -10,7 +10,8 @@ parameters, the sample index): the unit the ledger pays for exactly once. A back
 a `RequestGroup` (one prompt, several sample indices) so it can ask for them in one call where
 the server supports `n`; it returns the completions it got, each tagged with its sample index.
 Fewer than asked is allowed (partial results are kept; the missing keys are sent again on the
-next run). Errors are `TeacherError`: `retryable` says whether trying again later can help.
+next run), though the OpenAI-compatible backend asks again in the same call for indices a
+server left out. Errors are `TeacherError`: `retryable` says whether trying again later can help.
 
 Top-k log-probs: `Sampling.top_logprobs = k` asks the backend for the k most likely tokens
 and their log-probs at every generated position (OpenAI-compatible `logprobs`/`top_logprobs`,
@@ -109,6 +110,8 @@ class TeacherConfig(BaseModel):
     price: Price = Field(default_factory=Price)
     request_timeout_s: float = Field(600.0, gt=0)  # per request, retries included
     stall_timeout_s: float = Field(60.0, gt=0)  # no bytes for this long on a stream: give up
+    # Failing with no success for this long (a 429 storm, a server down): TeacherUnavailable stops the run.
+    give_up_after_s: float = Field(600.0, gt=0)
     stream: bool = False
     # vLLM and transformers
     tensor_parallel_size: int = Field(1, ge=1)
@@ -175,6 +178,15 @@ class TeacherError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+
+
+class TeacherUnavailable(TeacherError):
+    """No request succeeded for `give_up_after_s` while requests kept failing (a rate-limit storm
+    that does not end, a server that stays down): every further request would fail alike, so the
+    sampler stops its workers (what was received is committed) instead of cycling on."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message, retryable=False, status=status)
 
 
 class TeacherConfigError(TeacherError):

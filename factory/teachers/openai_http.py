@@ -15,8 +15,16 @@ What one `generate` call does:
 - Builds one request per chunk of the group's sample indices: with `config.supports_n` a chunk
   holds up to `config.max_n` indices and is asked for with `n`; otherwise every index is its own
   request (fan-out). Choice i of a response is sample `chunk[i]`. With a seed, each request is
-  sent `seed + chunk[0]`, so fanned-out samples differ and a rerun of the missing indices of a
+  sent `seed + chunk[0]`, so fanned-out samples differ and a request for the missing indices of a
   partial `n`-request does not draw the samples it already has again.
+- Servers that ignore or cap `n`: a response with fewer choices than asked teaches the client
+  that endpoint's cap (the number it returned), and the indices it left out are asked for again
+  in the same call, in chunks of that cap. Chunks are sized for the most limited endpoint, so
+  later groups go out at the cap at once, and a chunk cut before the cap was learned is cut
+  again before it is sent. A 400 to a request with n > 1 is retried as one request per index;
+  when such a request then succeeds there, that endpoint is asked one sample per request from
+  then on (a 400 to one index as well was not about `n`, and is raised). An index left out of
+  `max_reasks` + 1 answers in a row is given up for this call (the ledger asks again next run).
 - `config.api` picks `/chat/completions` (messages) or `/completions` (a prompt: the messages'
   contents joined by blank lines, or the given tokenizer's chat template).
 - Reasoning comes from `message.reasoning_content` (DeepSeek, vLLM reasoning parsers) or
@@ -38,8 +46,12 @@ What one `generate` call does:
 
 How it survives real endpoints:
 
-- Each endpoint has a semaphore of `max_concurrency`; a request goes to the least-loaded healthy
-  endpoint, and a retry prefers an endpoint it has not tried yet.
+- Each endpoint has up to `max_concurrency` requests in flight, fewer under rate limits
+  (AIMD): a 429 halves that endpoint's limit, once per congestion event (429s of requests sent
+  before the cut do not cut again), down to 1, and each success adds one back. Requests holding
+  a slot finish; no new one starts until the count is under the limit, so the load the server
+  sees falls at once. A request goes to the least-loaded healthy endpoint (in flight / limit),
+  and a retry prefers an endpoint it has not tried yet.
 - Retried: 408, 409, 429, 5xx, connection errors, timeouts, stalls, malformed JSON (a garbage
   200) and a response without choices. Waits are full-jitter exponential backoff
   (`backoff_base_s` * 2^k, capped at `backoff_cap_s`); a `Retry-After` (seconds or HTTP date)
@@ -47,23 +59,32 @@ How it survives real endpoints:
   (`config.request_timeout_s` from its first attempt): a wait that would is given up at once.
 - A retry budget per teacher (a token bucket: `retry_budget_floor` tokens to start with, each
   request adds `retry_budget_ratio`, each retry costs one) keeps a 500 storm from multiplying
-  the load: with the budget spent, failures are raised instead of retried.
+  the load: with the budget spent, failures are raised instead of retried. Retries of a 429
+  cost nothing: the AIMD limit already bounds that load.
+- Giving up: when attempts keep failing (any retryable failure) and none succeeds for
+  `config.give_up_after_s` (time with no request in progress not counted), the teacher raises
+  `TeacherUnavailable` ("no request succeeded for N s ... the last: HTTP 429 ...") from that
+  request and from every request queued, backing off or waiting for an endpoint, and refuses
+  new ones in this event loop; the sampler stops its workers on it (samples received are
+  committed) instead of cycling with nothing arriving.
 - A circuit breaker per endpoint opens after `breaker_failures` consecutive failures; after
   `breaker_cooldown_s` one probe request is let through (half-open) and its success closes it.
   While every endpoint is open, requests wait for the earliest probe, within their deadline.
 - Other 4xx are not retried: `TeacherError(retryable=False)` with the status and the server's
-  message. `finish_reason="length"` is a normal completion. Fewer choices than asked are
-  returned as they are (the ledger sends the missing keys again on the next run).
+  message (a 400 to n > 1 aside, above). `finish_reason="length"` is a normal completion.
 
 One teacher object lives in one event loop: `generate` and `aclose` must run in the same one
 (`check` opens and closes its own session, so it may run in another). Not covered: a stream
 cut mid-way is retried whole (its partial text is not kept); a Retry-After is taken per
-endpoint, not per API key; servers that reject `stream_options` need `stream: false`.
+endpoint, not per API key, and so is the AIMD limit; servers that reject `stream_options` need
+`stream: false`; a server that returns fewer choices for a passing reason (not a cap) still
+lowers that endpoint's cap for the rest of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import logging
 import math
@@ -71,13 +92,13 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from storage.errors import require
 
-from .base import Completion, RequestGroup, TeacherConfig, TeacherConfigError, TeacherError, TopK
+from .base import Completion, RequestGroup, TeacherConfig, TeacherConfigError, TeacherError, TeacherUnavailable, TopK
 
 try:  # orjson is several times faster on large responses; the standard library is the fallback
     import orjson
@@ -120,14 +141,34 @@ class _AttemptFailed(Exception):
         self.endpoint_fault = endpoint_fault
 
 
+class _Resend(Exception):
+    """A chunk was not answered as sent and goes back to `generate` to be cut again: the endpoint
+    is now known to take fewer choices per request (`single`: it answered 400 to `n` > 1)."""
+
+    def __init__(self, *, single: bool):
+        super().__init__("resend")
+        self.single = single
+
+
 @dataclass(eq=False)
 class _EndpointState:
     url: str
     api_key_env: str | None
     max_concurrency: int
-    sem: asyncio.Semaphore | None = None
     headers: dict | None = None
     in_flight: int = 0  # holding or waiting for a slot: the load the picker balances
+    # AIMD: the slots a request may hold now (halved on a 429, one back per success) and the
+    # requests holding one; waiters queue in order. `epoch` counts the halvings, so the 429s of
+    # requests sent before a halving do not halve again (one cut per congestion event).
+    limit: int = 1
+    active: int = 0
+    waiters: collections.deque = field(default_factory=collections.deque)
+    epoch: int = 0
+    # `n`: the most choices this endpoint returned for one request, once it returned fewer than
+    # asked (None: it has given all it was asked for); `n_suspect`: it answered 400 to n > 1,
+    # confirmed (n_cap = 1) when a one-choice request then succeeds there.
+    n_cap: int | None = None
+    n_suspect: bool = False
     failures: int = 0  # consecutive; the breaker is open while >= breaker_failures
     open_until: float = 0.0  # monotonic time the breaker half-opens
     probing: bool = False  # a half-open probe is in flight
@@ -148,6 +189,7 @@ class OpenAITeacher:
     breaker_cooldown_s: float = 10.0
     check_timeout_s: float = 5.0
     chars_per_token: float = 3.0  # prompt-length estimate without a tokenizer; see estimate_tokens
+    max_reasks: int = 3  # times an index a server left out of an answered request is asked for again
 
     def __init__(self, config: TeacherConfig, *, tokenizer: Any = None, **overrides: float):
         if config.backend != "openai":
@@ -163,13 +205,20 @@ class OpenAITeacher:
         self.aiohttp = require("aiohttp", "pip install aiohttp")
         self.config = config
         self.tokenizer = tokenizer
-        self._endpoints = [_EndpointState(e.url, e.api_key_env, e.max_concurrency) for e in config.endpoints]
+        self._endpoints = [_EndpointState(e.url, e.api_key_env, e.max_concurrency, limit=e.max_concurrency) for e in config.endpoints]
         self._path = "/chat/completions" if config.api == "chat" else "/completions"
         self._session = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None  # set when a breaker changes state
         self._budget = float(self.retry_budget_floor)
         self._budget_warned = False
+        # The give-up clock: failing since (monotonic; None after a success), and the time with no
+        # request in progress, which does not count (an idle teacher is not a failing one).
+        self._failing_since: float | None = None
+        self._calls = 0
+        self._idle_since: float | None = None
+        self._gave_up: TeacherUnavailable | None = None  # latched for this event loop
+        self._stop: asyncio.Event | None = None  # set on giving up: wakes requests sleeping in backoff
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -180,24 +229,49 @@ class OpenAITeacher:
 
     async def generate(self, group: RequestGroup) -> list[Completion]:
         self._ensure_session()
-        chunks = self._chunks(group.sample_indices)
-        if len(chunks) == 1:
-            return await self._call(group, chunks[0])
-        results = await asyncio.gather(*(self._call(group, c) for c in chunks), return_exceptions=True)
-        got = [c for r in results if isinstance(r, list) for c in r]
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for err in errors:
-            if not isinstance(err, TeacherError):
-                raise err  # a bug, or a cancellation: not a partial result
+        if self._gave_up is not None:
+            raise self._gave_up
+        got: dict[int, Completion] = {}
+        errors: list[TeacherError] = []
+        left_out: collections.Counter = collections.Counter()  # index -> answered requests that left it out
+        single = False  # an endpoint answered 400 to n > 1: this group asks one index per request
+        todo = tuple(group.sample_indices)
+        while todo:
+            chunks = self._chunks(todo, 1 if single else None)
+            results = await asyncio.gather(*(self._call(group, c) for c in chunks), return_exceptions=True)
+            again: list[int] = []
+            for chunk, result in zip(chunks, results):
+                if isinstance(result, _Resend):  # not answered as sent: cut again, no ask spent
+                    single = single or result.single
+                    again.extend(chunk)
+                elif isinstance(result, TeacherError):
+                    errors.append(result)
+                elif isinstance(result, BaseException):
+                    raise result  # a bug, or a cancellation: not a partial result
+                else:
+                    for c in result:
+                        got.setdefault(c.sample_index, c)
+                    for i in chunk:
+                        if i not in got:
+                            left_out[i] += 1
+                            if left_out[i] <= self.max_reasks:
+                                again.append(i)
+            todo = tuple(again)
         if errors and not got:
             # A permanent error says more than a transient one about what to fix.
             raise next((e for e in errors if not e.retryable), errors[0])
         if errors:  # the completions already paid for are kept; the ledger resends the rest
             log.warning(
-                "teacher %r: %d of %d requests for problem %s failed; keeping the %d samples received: %s",
-                self.config.name, len(errors), len(chunks), group.problem_id, len(got), errors[0],
+                "teacher %r: %d requests for problem %s failed; keeping the %d samples received: %s",
+                self.config.name, len(errors), group.problem_id, len(got), errors[0],
             )
-        return got
+        given_up = [i for i, k in left_out.items() if k > self.max_reasks]
+        if given_up:
+            log.warning(
+                "teacher %r: problem %s: sample indices %s were left out of %d answers in a row; the next run asks again",
+                self.config.name, group.problem_id, given_up, self.max_reasks + 1,
+            )
+        return [got[i] for i in group.sample_indices if i in got]
 
     async def check(self, longest_prompt: list[dict] | None = None, max_tokens: int | None = None) -> None:
         name = self.config.name
@@ -289,8 +363,15 @@ class OpenAITeacher:
         self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         self._loop = loop
         self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._gave_up = None
+        self._failing_since = None
+        self._calls = 0
         for ep, h in zip(self._endpoints, headers):
-            ep.sem = asyncio.Semaphore(ep.max_concurrency)
+            # What was learned of the endpoint (its n cap, its AIMD limit) stays; the slots and
+            # their waiters belonged to the old loop.
+            ep.active = 0
+            ep.waiters = collections.deque()
             ep.in_flight = 0
             ep.probing = False
             ep.headers = h
@@ -315,6 +396,8 @@ class OpenAITeacher:
     async def _pick(self, tried: set, give_up_at: float) -> _EndpointState:
         """The least-loaded usable endpoint, preferring untried ones; waits while none is usable."""
         while True:
+            if self._gave_up is not None:
+                raise self._gave_up
             now = time.monotonic()
             usable = []
             ready_at = math.inf
@@ -331,7 +414,7 @@ class OpenAITeacher:
                 usable.append(ep)
             if usable:
                 fresh = [ep for ep in usable if ep not in tried] or usable
-                ep = min(fresh, key=lambda e: e.in_flight / e.max_concurrency)
+                ep = min(fresh, key=lambda e: e.in_flight / e.limit)
                 if ep.failures >= self.breaker_failures:
                     ep.probing = True  # half-open: this request is the probe
                     log.info("teacher %r: probing %s after its circuit cool-down", self.config.name, ep.url)
@@ -382,13 +465,123 @@ class OpenAITeacher:
             log.warning("teacher %r: retry budget spent; failing requests instead of retrying them", self.config.name)
         return False
 
+    # -- AIMD slots and the give-up clock ----------------------------------------------------------
+
+    async def _acquire(self, ep: _EndpointState) -> int:
+        """A slot of `ep` under its current AIMD limit, in arrival order; returns the epoch the
+        request is sent in. Raises TeacherUnavailable once the teacher has given up."""
+        if self._gave_up is not None:
+            raise self._gave_up
+        if ep.active < ep.limit and not ep.waiters:
+            ep.active += 1
+            return ep.epoch
+        fut = asyncio.get_running_loop().create_future()
+        ep.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(ep)  # granted, then cancelled before it could be used
+            elif fut in ep.waiters:
+                ep.waiters.remove(fut)  # a dead waiter must not keep the next request off the fast path
+            raise
+        return ep.epoch
+
+    def _release(self, ep: _EndpointState) -> None:
+        ep.active -= 1
+        self._grant(ep)
+
+    def _grant(self, ep: _EndpointState) -> None:
+        while ep.waiters and ep.active < ep.limit:
+            fut = ep.waiters.popleft()
+            if not fut.done():  # a waiter cancelled meanwhile is skipped
+                ep.active += 1
+                fut.set_result(None)
+
+    def _rate_limited(self, ep: _EndpointState, epoch: int) -> None:
+        """A 429: halve the endpoint's slots, once per congestion event (the 429s of requests
+        sent before the cut say nothing new). Requests holding slots finish; no new one starts
+        until the count is under the new limit, so the load the server sees really falls."""
+        if epoch != ep.epoch:
+            return
+        ep.epoch += 1
+        if ep.limit > 1:
+            ep.limit = max(1, ep.limit // 2)
+            log.warning("teacher %r: %s is rate-limiting (429); at most %d requests in flight there now", self.config.name, ep.url, ep.limit)
+
+    def _answered(self, ep: _EndpointState) -> None:
+        """A success: one more slot (up to max_concurrency), and the give-up clock stops."""
+        self._failing_since = None
+        if ep.limit < ep.max_concurrency:
+            ep.limit += 1
+            if ep.limit == ep.max_concurrency:
+                log.info("teacher %r: %s is back to %d requests in flight", self.config.name, ep.url, ep.limit)
+            self._grant(ep)
+
+    def _failing(self, last: str, status: int | None) -> None:
+        """A failed attempt (one a retry may fix): starts the give-up clock, or gives up when it
+        has run `give_up_after_s` with no success since."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elapsed = now - self._failing_since
+        if elapsed < self.config.give_up_after_s:
+            return
+        err = TeacherUnavailable(
+            f"teacher {self.config.name!r}: no request succeeded for {elapsed:.0f} s of failures "
+            f"(give_up_after_s: {self.config.give_up_after_s:g}); the last: {last}",
+            status=status,
+        )
+        log.error("%s", err)
+        self._gave_up = err
+        for ep in self._endpoints:  # requests queued for a slot, asleep in backoff or waiting for an endpoint
+            while ep.waiters:
+                fut = ep.waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(err)
+        if self._stop is not None:
+            self._stop.set()
+        self._notify()
+        raise err
+
+    def _enter(self) -> None:
+        if self._calls == 0 and self._idle_since is not None and self._failing_since is not None:
+            self._failing_since += time.monotonic() - self._idle_since  # idle time is not failing time
+        self._calls += 1
+
+    def _leave(self) -> None:
+        self._calls -= 1
+        if self._calls == 0:
+            self._idle_since = time.monotonic()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Backoff that ends early, raising, when the teacher gives up meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        if self._gave_up is not None:
+            raise self._gave_up
+
     # -- one call (a chunk of sample indices) ---------------------------------------------------
 
-    def _chunks(self, indices: tuple[int, ...]) -> list[tuple[int, ...]]:
+    def _chunks(self, indices: tuple[int, ...], size: int | None = None) -> list[tuple[int, ...]]:
+        """Requests of at most `size` indices; by default the most `n` every endpoint takes (a
+        chunk must fit whichever endpoint it goes to)."""
         if not indices:
             return []
-        size = self.config.max_n if self.config.supports_n else 1
+        if size is None:
+            size = self.config.max_n if self.config.supports_n else 1
+            size = min([size, *(ep.n_cap for ep in self._endpoints if ep.n_cap is not None)])
         return [tuple(indices[i : i + size]) for i in range(0, len(indices), size)]
+
+    def _learn_n(self, ep: _EndpointState, asked: int, answered: int) -> None:
+        if ep.n_cap is None or answered < ep.n_cap:
+            ep.n_cap = answered
+            log.warning(
+                "teacher %r: %s answered n=%d with %d choice(s); asking it for at most %d per request from now on",
+                self.config.name, ep.url, asked, answered, answered,
+            )
 
     def _body(self, group: RequestGroup, chunk: tuple[int, ...]) -> bytes:
         s = group.sampling
@@ -422,6 +615,14 @@ class OpenAITeacher:
         return "\n\n".join(str(m.get("content") or "") for m in messages)
 
     async def _call(self, group: RequestGroup, chunk: tuple[int, ...]) -> list[Completion]:
+        self._enter()
+        try:
+            return await self._send(group, chunk)
+        finally:
+            self._leave()
+
+    async def _send(self, group: RequestGroup, chunk: tuple[int, ...]) -> list[Completion]:
+        """One request for `chunk`, retried; raises `_Resend` when the chunk must be cut smaller."""
         name = self.config.name
         body = self._body(group, chunk)
         self._budget = min(self._budget + self.retry_budget_ratio, max(self.retry_budget_max, self.retry_budget_floor))
@@ -435,30 +636,48 @@ class OpenAITeacher:
             try:
                 ep = await self._pick(tried, give_up_at)
             except _AttemptFailed as exc:
-                raise TeacherError(f"teacher {name!r}: {exc}; after {attempt} attempts, the last: {last}", retryable=True) from None
+                where = f"teacher {name!r}: {exc}; after {attempt} attempts, the last: {last}"
+                self._failing(str(exc), None)
+                raise TeacherError(where, retryable=True) from None
             probe = ep.probing
             tried.add(ep)
             ep.in_flight += 1
             error: _AttemptFailed | None = None
-            finished = False
+            sent = finished = False
             try:
-                async with ep.sem:
-                    t0 = time.monotonic()
-                    if deadline is None:
-                        deadline = t0 + self.config.request_timeout_s
-                    attempt += 1
-                    try:
-                        completions = await self._attempt(ep, body, chunk, deadline - t0)
-                    except _AttemptFailed as exc:
-                        error = exc
-                    finished = True
+                epoch = await self._acquire(ep)
+                try:
+                    # The endpoint may have shown a smaller n cap while this chunk queued: no request
+                    # that is known to come back short is sent; the chunk is cut again instead.
+                    if ep.n_cap is None or len(chunk) <= ep.n_cap:
+                        sent = True
+                        t0 = time.monotonic()
+                        if deadline is None:
+                            deadline = t0 + self.config.request_timeout_s
+                        attempt += 1
+                        try:
+                            completions = await self._attempt(ep, body, chunk, deadline - t0)
+                        except _AttemptFailed as exc:
+                            error = exc
+                finally:
+                    self._release(ep)
+                finished = True
             finally:
                 ep.in_flight -= 1
-                if not finished and probe:  # cancelled while probing: let another request probe
+                if probe and not (finished and sent):  # cancelled or not sent while probing: let another request probe
                     ep.probing = False
                     self._notify()
+            if not sent:
+                raise _Resend(single=False)
             if error is None:
                 self._succeeded(ep)
+                self._answered(ep)
+                if len(completions) < len(chunk):
+                    self._learn_n(ep, len(chunk), len(completions))
+                elif len(chunk) == 1 and ep.n_suspect:
+                    ep.n_suspect = False
+                    ep.n_cap = 1
+                    log.warning("teacher %r: %s refuses n > 1 (HTTP 400); asking it for one sample per request from now on", name, ep.url)
                 latency = time.monotonic() - t0
                 for c in completions:
                     c.latency_s = latency
@@ -469,12 +688,23 @@ class OpenAITeacher:
                 self._failed(ep)
             else:
                 self._succeeded(ep)  # it answered properly: alive, whatever it said
+            if error.status == 429:
+                self._rate_limited(ep, epoch)
             if error.retry_after is not None:
                 ep.not_before = max(ep.not_before, time.monotonic() + error.retry_after)
             where = f"teacher {name!r}: {ep.url}: {error}"
             last = f"{ep.url}: {error}"
+            if error.status == 400 and len(chunk) > 1:
+                # Many servers and gateways refuse `n`; the same indices one per request tell
+                # whether that was the reason (a 400 then too: it was not, and is raised).
+                ep.n_suspect = True
+                log.info("%s; asking for the %d samples one per request", where, len(chunk))
+                raise _Resend(single=True)
             if not error.retryable:
+                if error.status == 400:
+                    ep.n_suspect = False  # a one-sample request was refused too: not about n
                 raise TeacherError(where, retryable=False, status=error.status)
+            self._failing(last, error.status)
             now = time.monotonic()
             if now >= deadline:
                 raise TeacherError(
@@ -491,7 +721,9 @@ class OpenAITeacher:
                     retryable=True,
                     status=error.status,
                 )
-            if not self._spend_retry():
+            # A 429 is paced by the AIMD limit (and the give-up clock), not the retry budget,
+            # which is there to keep a 5xx storm from multiplying the load.
+            if error.status != 429 and not self._spend_retry():
                 raise TeacherError(f"{where}; not retried: the teacher's retry budget is spent", retryable=True, status=error.status)
             wait = random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
             if now + wait >= deadline:
@@ -501,7 +733,7 @@ class OpenAITeacher:
                     status=error.status,
                 )
             log.debug("%s; attempt %d, retrying in %.2fs", where, attempt, wait)
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
     def _ready_at(self, ep: _EndpointState, now: float) -> float:
         """When `ep` may next be sent a request (now, or the end of its cool-down or Retry-After)."""

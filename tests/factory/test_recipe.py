@@ -99,6 +99,17 @@ def test_hash_follows_meaning_not_spelling(tmp_path):
     assert a == b != c
 
 
+def test_a_recipe_written_before_give_up_after_s_keeps_its_hash(tmp_path):
+    # The hash the code before `give_up_after_s` gave EXAMPLE (commit 06a1aa5): stored runs and
+    # datasets stay reachable from their recipe.
+    assert recipe_hash(load_recipe(write(tmp_path, EXAMPLE))) == "ad1485652b42a8d088dabeb526480998"
+    changed = load_recipe(write(tmp_path, EXAMPLE.replace("  model: deepseek-r1\n", "  model: deepseek-r1\n  give_up_after_s: 30\n")))
+    assert recipe_hash(changed) != "ad1485652b42a8d088dabeb526480998"
+    assert changed.teacher.to_config().give_up_after_s == 30.0
+    with pytest.raises(BadInput, match=r"teacher.give_up_after_s: Input should be greater than 0"):
+        load_recipe(write(tmp_path, EXAMPLE.replace("  model: deepseek-r1\n", "  model: deepseek-r1\n  give_up_after_s: 0\n")))
+
+
 @pytest.mark.parametrize("name", ["quickstart", "r1_math_vllm", "code_mbpp"])
 def test_shipped_recipes_load_and_their_sources_read(name):
     r = load_recipe(ROOT / "recipes" / f"{name}.yaml")

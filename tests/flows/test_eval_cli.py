@@ -139,8 +139,10 @@ def test_missing_answers_exit_1_and_a_rerun_fills_exactly_them(cli, tmp_path):
     from tests.teacher_server import Fewer, Status
 
     with TeacherServer(models=["student"]) as server:
-        # Item 0 gets 1 of its 3 samples; item 1 a 400 (not retried); item 2 is answered in full.
-        server.script(Fewer(1), Status(400, "scripted refusal"))
+        # Item 0 gets 1 of its 3 samples and a 400 (not retried) for each of the other two, asked
+        # again one by one (the server gave 1 for n=3); item 1 a 400 for each of its three; item 2
+        # is answered in full.
+        server.script(Fewer(1), Status(400, "scripted refusal", times=5))
         args = ["eval", "student", "--backend", "openai", "--base-url", server.url, "--benchmark", "gsm8k",
                 "--limit", "3", "--samples", "3", "--concurrency", "1", "--format", "json"]
         r = cli(*args)

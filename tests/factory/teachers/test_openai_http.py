@@ -181,11 +181,13 @@ def test_finish_reason_length_is_a_sample_not_a_retry(server, stream):
     assert reasoning and answer is None  # cut inside the think block
 
 
-def test_fewer_choices_than_asked_are_returned_as_they_came(server):
+def test_fewer_choices_than_asked_the_rest_are_asked_for_in_the_same_call(server):
     server.script(Fewer(k=2))
     got = generate_one(teacher(server.url), group((10, 11, 12, 13)))
-    assert [c.sample_index for c in got] == [10, 11]
-    assert len(server.completion_requests()) == 1
+    assert [c.sample_index for c in got] == [10, 11, 12, 13]
+    # the missing two in one request of the n the server honoured, seeded from its first index
+    assert [(e["body"].get("n", 1), e["body"]["seed"]) for e in server.completion_requests()] == [(4, 17), (2, 19)]
+    assert "(seed 19, choice 1)" in got[3].text
 
 
 def test_a_400_is_not_retried_and_says_why(server):
