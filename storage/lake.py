@@ -17,6 +17,10 @@ snapshot references; `maintain()` deletes them.
 A DuckDB-file catalog admits one process at a time: another process waits up to
 `lock_timeout_s` for it, then gets `LakeBusy`. Use a SQLite or PostgreSQL catalog for several
 concurrent writers.
+
+A store may be moved (`mv`) or copied (`cp -r`; an S3 prefix together with a copy of its
+catalog): the first open from the new place records the new data path in the catalog, so a copy
+neither reads nor writes its original's files (see `Lake._adopt_data_path`).
 """
 
 from __future__ import annotations
@@ -207,7 +211,9 @@ class Lake:
         except OSError as exc:  # e.g. --store names a file: the user's input, not a failed job
             raise BadInput(f"cannot create the lake at {cfg.describe()}: {exc.filename}: {exc.strerror}; "
                            "expected a folder (or a path that does not exist yet)") from None
-        options = [f"DATA_PATH '{cfg.data_path}'"]
+        # OVERRIDE_DATA_PATH: DuckLake refuses a DATA_PATH other than the one its catalog
+        # recorded; with it, _adopt_data_path decides whether the store was moved or copied.
+        options = [f"DATA_PATH '{cfg.data_path}'", "OVERRIDE_DATA_PATH true"]
         if read_only:
             options.append("READ_ONLY")
         if cfg.catalog_kind == "sqlite":
@@ -227,9 +233,14 @@ class Lake:
             try:
                 con.execute(statement)
                 con.execute(f"USE {_ALIAS}")
+                if self._adopt_data_path(con, read_only):
+                    con.close()  # attach again, so DuckLake reads the rewritten paths
+                    continue
                 return con
-            except duckdb.Error as exc:
+            except BaseException as exc:
                 con.close()
+                if not isinstance(exc, duckdb.Error):
+                    raise
                 if (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline:
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
@@ -241,6 +252,56 @@ class Lake:
                         "catalog for several writers"
                     ) from exc
                 raise BadInput(f"cannot open the lake at {cfg.describe()}: {str(exc).splitlines()[0]}") from exc
+
+    def _adopt_data_path(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> bool:
+        """Follow a store that was moved (`mv`) or copied (`cp -r`, an S3 prefix copy together
+        with its catalog): return True when the catalog was rewritten and must be attached again.
+
+        DuckLake records the data path in its catalog and every path below it (schema, table,
+        data file, ducklake_add_data_files' files under the table folder included) relative to
+        it, so the catalog must only learn the new data path. A writer records it for good; a
+        reader (a read-only attach, often of a catalog copy) uses it for its session only. The
+        recorded path is replaced rather than overridden on every open so that a copy never
+        reads or writes the original's files. A catalog made by another DuckLake may hold
+        absolute paths under the old data path: a writer rewrites them too, a reader refuses.
+        A catalog whose files are not under the new data path is refused: that is a catalog
+        opened with the wrong store, and adopting it would hide every row."""
+        meta = f"__ducklake_metadata_{_ALIAS}"
+        row = con.execute(f"SELECT value FROM {meta}.ducklake_metadata WHERE key = 'data_path'").fetchone()
+        old, new = (row[0] if row else "") or "", self.config.data_path
+        if not old or old.rstrip("/") == new.rstrip("/"):
+            return False
+        old = old.rstrip("/") + "/"
+        where = f"the lake at {self.config.describe()}, whose catalog records the data path {old}"
+        fs, _ = self._data_fs()
+        for table in sorted(self._table_names(con)):
+            listed = con.execute(f"SELECT data_file FROM ducklake_list_files('{_ALIAS}', ?) LIMIT 1", [table]).fetchone()
+            if not listed:
+                continue
+            path = new + listed[0][len(old):] if listed[0].startswith(old) else listed[0]
+            if fs.get_file_info(self._fs_path(path)).type == pafs.FileType.NotFound:
+                raise BadInput(f"cannot open {where}: its file {path} is not in the store; expected the store "
+                               "the catalog was made with, or a whole copy of it (catalog and data folder together)")
+            break
+        absolute = [(t, f"starts_with(path, '{old.replace(chr(39), chr(39) * 2)}') AND NOT path_is_relative")
+                    for t in ("ducklake_schema", "ducklake_table", "ducklake_data_file", "ducklake_delete_file")]
+        stale = sum(con.execute(f"SELECT count(*) FROM {meta}.{t} WHERE {cond}").fetchone()[0] for t, cond in absolute)
+        if read_only:
+            if stale:
+                raise BadInput(f"cannot read {where}: {stale} of its paths are absolute under that old path; "
+                               "open it once for writing (for example `factory maintain`) to rewrite them")
+            return False
+        con.execute("BEGIN")
+        try:
+            con.execute(f"UPDATE {meta}.ducklake_metadata SET value = ? WHERE key = 'data_path'", [new])
+            for t, cond in absolute:
+                con.execute(f"UPDATE {meta}.{t} SET path = ? || substr(path, ?) WHERE {cond}", [new, len(old) + 1])
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return True
 
     def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         # One writer at a time sets a lake up, so racing first writers neither conflict
