@@ -55,7 +55,7 @@ from factory import funnel, stages
 from factory.dedup import dedup_lake
 from factory.recipe import Recipe, load_recipe, recipe_hash
 from factory.rounds import RoundState
-from factory.sampler import Budget, SamplingStats, sample_teacher
+from factory.sampler import Budget, Escalation, SamplingStats, sample_teacher
 from factory.teachers import RequestGroup, make_teacher
 from factory.yaml_config import read_yaml_text
 from storage import Lake, LakeBusy, schemas
@@ -181,15 +181,16 @@ def decontaminate(lake: Lake, recipe: Recipe, new: list[dict], run_id: str) -> i
 
 
 @task(name="sample", cache_policy=NO_CACHE)
-def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None) -> SamplingStats:
+def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None,
+           escalation: Escalation | None = None) -> SamplingStats:
     seen = [0]
 
     def tick(stats: SamplingStats) -> None:
         progress.advance("sample", stats.received - seen[0])
         seen[0] = stats.received
 
-    return loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, on_progress=tick,
-                                   spill_dir=_spill_dir(lake)))
+    return loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, escalation=escalation,
+                                   on_progress=tick, spill_dir=_spill_dir(lake)))
 
 
 # A verdicts row as verify_samples makes it (the lake adds run_id and created_at).
@@ -530,7 +531,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         seconds.update(sample=0.0, verify=0.0)  # shown even when no round runs
         while groups := rounds.plan():  # sample -> verify + filter, more rounds when adaptive sampling is on
             with stage("sample", seconds, sum(len(g.sample_indices) for g in groups)) as s:
-                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget()))
+                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget(), rounds.escalation()))
             with stage("verify", seconds, start=False) as s:
                 verify_planned(run, s, rounds)
                 s.note = rounds.close_round()

@@ -130,6 +130,9 @@ def run(
         out.print(f"tokens: {summary['tokens']['prompt']} prompt + {summary['tokens']['completion']} completion; "
                   f"cost ${summary['cost_usd']:.4f}; "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in summary.get("seconds", {}).items()))
+        if cut := summary.get("truncation"):
+            out.print(f"cut at max_tokens: {cut['length_cut']}; asked again with more tokens: {cut['escalated']}, "
+                      f"of which {cut['escalation_recovered']} finished")
         if summary.get("budget_reached"):
             out.print("budget reached: some requests were not sent (raise the budget and run again to continue)")
         if ds:
