@@ -123,14 +123,34 @@ FROM vv WHERE status <> 'pass' GROUP BY 1 ORDER BY 2 DESC, 1"""
     return {r["check"]: r["n"] for r in lake.query(sql, list(params), tables=tables).to_pylist()}
 
 
+# Samples cut at max_tokens (first attempts), their retries with more max_tokens (the recipe's
+# `truncation`), and the retries that finished within the larger limit.
+TRUNCATION_ROWS = ("length_cut", "escalated", "escalation_recovered")
+
+
+def truncation_counts(lake: Any, scope: str, params: Iterable[Any] = (), *, tables: dict[str, pa.Table] | None = None) -> dict[str, dict[str, int]]:
+    """Per source of the scope's samples (the scope selects `source`, `finish_reason` and
+    `metadata`), the TRUNCATION_ROWS counts; only sources with a cut sample or a retry. A retry
+    is a sample whose metadata names the sample it retries (`retry_of`, factory/sampler.py)."""
+    sql = f"""SELECT source, count(*) FILTER (WHERE finish_reason = 'length' AND retry_of IS NULL) AS length_cut,
+       count(*) FILTER (WHERE retry_of IS NOT NULL) AS escalated,
+       count(*) FILTER (WHERE retry_of IS NOT NULL AND finish_reason IS DISTINCT FROM 'length') AS escalation_recovered
+FROM (SELECT source, finish_reason, json_extract_string(metadata, '$.retry_of') AS retry_of
+      FROM ({scope}) QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1)
+GROUP BY source HAVING count(*) FILTER (WHERE finish_reason = 'length' OR retry_of IS NOT NULL) > 0 ORDER BY source"""
+    return {r.pop("source"): r for r in lake.query(sql, list(params), tables=tables).to_pylist()}
+
+
 def run_counts(lake: Any, problems: list[dict], keys: dict[str, str], dataset_scope: str | None = None) -> dict[str, Any]:
     """The funnel of a run: its problems, its request keys (key -> problem_id; a sample's id is
     its request key) and their samples as the lake holds them now (so a resumed run counts the
     whole, not just its last attempt), per source of the run's problems. `dataset_scope`: the
-    scope of the run's dataset (factory/stages.py `dataset_scope`), for the `dataset` row."""
+    scope of the run's dataset (factory/stages.py `dataset_scope`), for the `dataset` row. Sources
+    with samples cut at max_tokens also get the TRUNCATION_ROWS counts, and `truncation` their
+    totals (None when no sample was cut)."""
     source_of = {p["problem_id"]: p.get("source") or "?" for p in problems}
     scope = ("SELECT s.sample_id, s.created_at, s.problem_id, s.request_key, s.prompt_tokens, s.completion_tokens, s.cost_usd, "
-             "k.source FROM samples s JOIN _k k ON s.sample_id = k.k")
+             "s.finish_reason, s.metadata, k.source FROM samples s JOIN _k k ON s.sample_id = k.k")
     tables = {"_k": pa.table({"k": pa.array(list(keys), pa.string()),
                               "source": pa.array([source_of.get(pid, "?") for pid in keys.values()], pa.string())})}
     by_source: dict[str, dict[str, int]] = defaultdict(lambda: {"problems": 0, "requests": 0})
@@ -141,11 +161,15 @@ def run_counts(lake: Any, problems: list[dict], keys: dict[str, str], dataset_sc
     rows = stage_counts(lake, scope, tables=tables, dataset_scope=dataset_scope)
     for r in rows:
         by_source[r["source"]].update({k: r[k] for k in SAMPLE_ROWS}, dataset=r.get("dataset", 0))
+    cut = truncation_counts(lake, scope, tables=tables)
+    for source, c in cut.items():
+        by_source[source].update(c)
     total: dict[str, int] = defaultdict(int)
     for c in by_source.values():
         for k, n in c.items():
             total[k] += n
     return {
+        "truncation": {k: total[k] for k in TRUNCATION_ROWS} if cut else None,
         "funnel": funnel_rows(total),
         "by_source": {s: dict(c) for s, c in sorted(by_source.items())},
         "rejects": reject_counts(lake, scope, tables=tables),

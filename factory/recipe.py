@@ -41,9 +41,10 @@ from storage.errors import BadInput
 
 from .filters import FILTERS, FilterConfig
 from .questions import QuestionSource
-from .teachers.base import Endpoint, Price, Sampling, TeacherConfig, omit_unset
+from .sampler import Escalation
+from .teachers.base import Endpoint, Price, Sampling, TeacherConfig
 from .verifiers.registry import VERIFIERS as _REGISTRY
-from .yaml_config import load_yaml_model
+from .yaml_config import load_yaml_model, omit
 
 # The registry's verifiers, and "auto": each problem's own (its metadata's, else code for code, math otherwise).
 VERIFIERS = (*_REGISTRY, "auto")
@@ -115,7 +116,7 @@ class TeacherSpec(_Strict):
     @model_serializer(mode="wrap")
     def _dump(self, handler):
         # Recipes written before these options keep their hash.
-        return omit_unset(handler(self), self, ("logprob_token_ids", "give_up_after_s"))
+        return omit(handler(self), logprob_token_ids=not self.logprob_token_ids, give_up_after_s=self.give_up_after_s == _GIVE_UP_S)
 
     def to_config(self) -> TeacherConfig:
         urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])
@@ -196,6 +197,18 @@ class BudgetSpec(_Strict):
     max_usd: float | None = Field(None, gt=0)
 
 
+class TruncationSpec(_Strict):
+    """Ask once more for a sample cut at max_tokens (finish_reason `length`): the same prompt and
+    sample index with max_tokens times `retry_max_tokens_factor`, at most `max_tokens_cap`. Both
+    samples are kept; the retry's metadata names the cut one (`retry_of`). Off unless set."""
+
+    retry_max_tokens_factor: float = Field(2.0, gt=1, le=1024)
+    max_tokens_cap: int = Field(32768, ge=2, le=100_000_000)
+
+    def escalation(self) -> Escalation:
+        return Escalation(factor=self.retry_max_tokens_factor, cap=self.max_tokens_cap)
+
+
 class RunnerSpec(_Strict):
     """Where verification batches run. `thread`: in process, `max_workers` batches at once
     (default 1); `dask` and `ray` need prefect-dask / prefect-ray (and a cluster address, or a
@@ -218,6 +231,7 @@ class Recipe(_Strict):
     dedup: DedupSpec = Field(default_factory=DedupSpec)
     adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    truncation: TruncationSpec | None = Field(None, description="ask again with more max_tokens for a sample cut at the limit")
     dataset: DatasetSpec | None = None
     batch_size: int = Field(256, ge=1, le=100_000, description="records per task")
     verify_timeout_s: float = Field(10.0, gt=0, le=_DAY_S)
@@ -239,6 +253,10 @@ class Recipe(_Strict):
         if bad:
             raise ValueError(f"unknown filter(s) {bad}: expected some of {sorted(FILTERS)}")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        return omit(handler(self), truncation=self.truncation is None)  # a recipe written before `truncation` keeps its hash
 
     @model_validator(mode="after")
     def _filter_config(self) -> Recipe:
@@ -280,6 +298,13 @@ def recipe_problems(recipe: Recipe, base_dir: Path) -> list[tuple[tuple, str]]:
     t, ad = recipe.teacher, recipe.adaptive
     if t.context_window is not None and t.sampling.max_tokens >= t.context_window:
         problems.append((("teacher", "sampling", "max_tokens"), f"expected fewer than context_window ({t.context_window}) tokens, leaving room for the prompt"))
+    if recipe.truncation is not None:
+        cap = recipe.truncation.max_tokens_cap
+        if cap <= t.sampling.max_tokens:
+            problems.append((("truncation", "max_tokens_cap"),
+                             f"expected more than teacher.sampling.max_tokens ({t.sampling.max_tokens}): no retry could be longer"))
+        elif t.context_window is not None and cap >= t.context_window:
+            problems.append((("truncation", "max_tokens_cap"), f"expected fewer than context_window ({t.context_window}) tokens, leaving room for the prompt"))
     if ad.accepted_per_problem is not None:
         if ad.accepted_per_problem > ad.max_samples_per_problem:
             problems.append((("adaptive", "accepted_per_problem"),

@@ -3,7 +3,8 @@ sent and cost, the verdicts of the planned samples, and what to ask for next.
 
     rounds = RoundState(recipe, problems_by_id, teacher.config)
     while groups := rounds.plan():                    # the next round's RequestGroups; [] when done
-        rounds.sampled(sample_teacher(lake, teacher, groups, run_id=run_id, budget=rounds.budget()))
+        rounds.sampled(sample_teacher(lake, teacher, groups, run_id=run_id, budget=rounds.budget(),
+                                      escalation=rounds.escalation()))
         rounds.add_verdicts(rows, covering=sample_ids)  # (sample_id, check, status) of the round's samples
         rounds.add_verdicts(earlier_rows, covering=rounds.unasked())   # verdicts an earlier attempt stored
         note = rounds.close_round()                   # "12 accepted of 24 planned"
@@ -16,6 +17,9 @@ logic is tested with plain values (tests/factory/test_rounds.py). Rounds: the fi
 again for the problems still short of `accepted_per_problem` accepted samples (stages.plan_round).
 Sampling stops after a round that hit the budget, left request keys without a sample, or when
 adaptive sampling is off. The budget carries over: each round gets what the earlier rounds left.
+The retries of cut samples that a round's sampling asked for (the recipe's `truncation`) join
+`keys` (they are verified and counted like any sample) but not the per-problem sample counts
+that adaptive sampling continues its indices from: a retry reuses its cut sample's index.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .recipe import Recipe
-from .sampler import Budget, SamplingStats
+from .sampler import Budget, Escalation, SamplingStats
 from .stages import accepted_ids, plan_round
 from .teachers import RequestGroup
 
@@ -37,7 +41,8 @@ class RoundState:
         self.recipe = recipe
         self.problems = problems  # problem_id -> the problem row, the run's eligible problems
         self.config = config  # the teacher's config: request keys depend on it
-        self.keys: dict[str, str] = {}  # request key -> problem id, every key planned so far
+        self.keys: dict[str, str] = {}  # request key -> problem id, every key planned so far (retries too)
+        self.retries: set[str] = set()  # the keys of `keys` that retry a cut sample with more max_tokens
         self.verdicts: list[dict] = []  # (sample_id, check, status) of planned samples verified so far
         self.accepted: set[str] = set()  # sample ids accepted after the last round
         self.stats: list[SamplingStats] = []
@@ -58,6 +63,10 @@ class RoundState:
             self.keys.update({k: g.problem_id for k in g.keys(self.config).values()})
         return groups
 
+    def escalation(self) -> Escalation | None:
+        """How the sampler retries a sample cut at max_tokens (None: it does not)."""
+        return self.recipe.truncation.escalation() if self.recipe.truncation else None
+
     def budget(self) -> Budget | None:
         """What the recipe's budget leaves for the next round (None: no budget)."""
         b = self.recipe.budget
@@ -69,6 +78,8 @@ class RoundState:
     def sampled(self, stats: SamplingStats) -> str:
         """Count a round's sampling; returns the progress note."""
         self.stats.append(stats)
+        self.keys.update(stats.escalations)
+        self.retries.update(stats.escalations)
         self.spent_tokens += stats.prompt_tokens + stats.completion_tokens
         self.spent_usd += stats.cost_usd
         return f"{stats.received} received, {stats.already_done} already in the lake"
@@ -87,7 +98,7 @@ class RoundState:
         """Decide the round: accepted samples per problem for the next plan, and whether sampling
         goes on. Returns the progress note."""
         self.accepted = accepted_ids(self.verdicts, self.recipe)
-        have = Counter(self.keys.values())
+        have = Counter(pid for k, pid in self.keys.items() if k not in self.retries)
         good = Counter(self.keys[s] for s in self.accepted if s in self.keys)
         self._counts = {pid: (have[pid], good[pid]) for pid in self.problems}
         last = self.stats[-1] if self.stats else SamplingStats()

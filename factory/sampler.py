@@ -2,6 +2,7 @@
 
     groups = plan_requests(teacher.config, problems, Sampling(max_tokens=2048), samples_per_problem=4)
     stats = asyncio.run(sample_teacher(lake, teacher, groups, run_id="r1", budget=Budget(max_usd=5.0)))
+    stats = asyncio.run(sample_teacher(lake, teacher, groups, run_id="r1", escalation=Escalation(factor=2, cap=8192)))
 
 The ledger is the `samples` table itself: a request key is done once a sample with that
 `request_key` is committed. Before sending, the keys already in the lake are dropped, so a
@@ -9,9 +10,19 @@ rerun after a crash sends only what is missing. Samples are committed as they ar
 batches (`commit_every` samples or `commit_interval_s` seconds, whichever first), so a crash
 loses at most the requests in flight and the last unflushed batch; the buffer is flushed on the
 way out of any failure or cancellation. Partial results of an `n`-request are kept; the missing
-indices stay missing for the next run. `finish_reason=length` is stored as data, never retried.
-With `Sampling.top_logprobs`, each sample's top-k log-probs (`Completion.topk`) go to the
-`teacher_topk` table in the same lake transaction as the sample.
+indices stay missing for the next run. `finish_reason=length` is stored as data, and retried
+only when asked (`escalation`, below). With `Sampling.top_logprobs`, each sample's top-k
+log-probs (`Completion.topk`) go to the `teacher_topk` table in the same lake transaction as
+the sample.
+
+Truncation escalation (`escalation=Escalation(factor=2, cap=32768)`): after the groups are sent,
+a second pass asks once more for each of their samples that the lake holds cut at max_tokens,
+with the same prompt and sample index and max_tokens times `factor` (at most `cap`). A second
+pass rather than re-queueing from the first one's callback: it reads the cut samples from the
+lake, so it also escalates those of an earlier run (a rerun after a crash sends exactly the
+missing escalations, since the larger max_tokens gives each its own request key), and the first
+pass stays as it was. Both samples are kept; the retry's `metadata` holds `retry_of` (the cut
+sample's id). A retry is not escalated again. The budget counts both passes.
 
 A `Budget` in tokens or dollars stops new requests once spent reaches it; requests in flight
 finish and are committed. Teachers are checked (`Teacher.check`) before the first request, so
@@ -33,6 +44,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
 
 from storage import Lake
 
@@ -56,6 +69,19 @@ class Budget:
         )
 
 
+@dataclass(frozen=True)
+class Escalation:
+    """Ask once more for a sample cut at max_tokens, with max_tokens times `factor`, at most `cap`."""
+
+    factor: float = 2.0
+    cap: int = 32768
+
+    def max_tokens(self, was: int) -> int | None:
+        """The retry's max_tokens, or None when the cap leaves no room for a longer one."""
+        new = min(self.cap, int(was * self.factor))
+        return new if new > was else None
+
+
 @dataclass
 class SamplingStats:
     """What one sampling pass did: the per-run counts the report shows."""
@@ -73,6 +99,8 @@ class SamplingStats:
     spilled: int = 0  # received but not committable: written to a spill file
     stopped_by_budget: bool = False
     errors: Counter = field(default_factory=Counter)
+    escalations: dict[str, str] = field(default_factory=dict)  # retry request key -> problem id (planned; in `keys` too)
+    send_s: float = 0.0  # from the first request sent to the last answer (the teacher check and model load excluded)
 
     @property
     def missing(self) -> int:
@@ -134,21 +162,21 @@ async def sample_teacher(
     *,
     run_id: str,
     budget: Budget | None = None,
+    escalation: Escalation | None = None,
     commit_every: int = 32,
     commit_interval_s: float = 2.0,
     max_consecutive_failures: int = 50,
     spill_dir: str = "factory-spill",
     on_progress: Callable[[SamplingStats], None] | None = None,
 ) -> SamplingStats:
-    """Send every group's missing keys to the teacher and commit the samples as they come."""
+    """Send every group's missing keys to the teacher and commit the samples as they come; with
+    `escalation`, then ask again with more max_tokens for the groups' samples cut at the limit."""
     config = teacher.config
     stats = SamplingStats()
-    todo = await missing_requests(lake, config, groups, stats)
-    if not todo:
-        return stats
-    await check_teacher(teacher, [g for g, _ in todo])
     committer = Committer(lake, "samples", run_id, stats, batch_key=_samples_batch_key,
                           every=commit_every, interval_s=commit_interval_s, spill_dir=spill_dir)
+    retry_of: dict[str, str] = {}  # retry request key -> the cut sample's id
+    checked: list[bool] = []
 
     def spent() -> bool:
         if budget and budget.reached(stats.prompt_tokens + stats.completion_tokens, stats.cost_usd):
@@ -160,6 +188,9 @@ async def sample_teacher(
         group, keys = entry
         pairs = requested(config, keys, completions)
         rows = [sample_row(config, group, c, key) for c, key in pairs]
+        for r in rows:
+            if r["request_key"] in retry_of:
+                r["metadata"] = json.dumps({**json.loads(r["metadata"] or "{}"), "retry_of": retry_of[r["request_key"]]})
         count_received(stats, rows)
         # Top-k log-probs go to their own table in the same commit as their samples: a crash
         # between two commits could otherwise keep one without the other.
@@ -170,19 +201,60 @@ async def sample_teacher(
     def sent() -> None:
         stats.sent_groups += 1
 
-    await send_groups(teacher, todo, lambda e: e[0], receive, stats, committer,
-                      max_consecutive_failures=max_consecutive_failures, stop=spent, on_send=sent)
+    async def send(todo: list[tuple[RequestGroup, dict[int, str]]]) -> None:
+        if not todo:
+            return
+        if not checked:
+            await check_teacher(teacher, [g for g, _ in todo])
+            checked.append(True)
+        t0 = time.perf_counter()
+        try:
+            await send_groups(teacher, todo, lambda e: e[0], receive, stats, committer,
+                              max_consecutive_failures=max_consecutive_failures, stop=spent, on_send=sent)
+        finally:
+            stats.send_s += time.perf_counter() - t0
+
+    await send(await missing_requests(lake, config, groups, stats))
+    if escalation is not None and not spent():
+        retries = await cut_retries(lake, config, groups, escalation)
+        for group, cut in retries:
+            keys = group.keys(config)
+            retry_of.update({keys[i]: cut[i] for i in keys})
+            stats.escalations.update(dict.fromkeys(keys.values(), group.problem_id))
+        await send(await missing_requests(lake, config, [g for g, _ in retries], stats))
     return stats
+
+
+async def cut_retries(lake: Lake, config: TeacherConfig, groups: list[RequestGroup],
+                      escalation: Escalation) -> list[tuple[RequestGroup, dict[int, str]]]:
+    """For each group with samples in the lake cut at max_tokens (finish_reason `length`): the
+    retry group (the same prompt and indices, the escalated max_tokens) and, per index, the cut
+    sample's id. Groups whose max_tokens is at the cap already get none."""
+    keyed = [(g, g.keys(config)) for g in groups if escalation.max_tokens(g.sampling.max_tokens)]
+    wanted = [k for _, ks in keyed for k in ks.values()]
+    if not wanted:
+        return []
+    got = await asyncio.to_thread(
+        lake.query, "SELECT s.request_key FROM samples s JOIN _k k ON s.request_key = k.v WHERE s.finish_reason = 'length'",
+        tables={"_k": pa.table({"v": pa.array(wanted, pa.string())})})
+    cut_keys = set(got.column("request_key").to_pylist())
+    out = []
+    for group, keys in keyed:
+        cut = {i: k for i, k in keys.items() if k in cut_keys}
+        if cut:
+            longer = group.sampling.model_copy(update={"max_tokens": escalation.max_tokens(group.sampling.max_tokens)})
+            out.append((RequestGroup(group.problem_id, group.messages, longer, tuple(cut)), cut))
+    return out
 
 
 async def missing_requests(lake: Lake, config: TeacherConfig, groups: list[RequestGroup],
                            stats: SamplingStats) -> list[tuple[RequestGroup, dict[int, str]]]:
     """Each group cut down to its keys that have no sample in the lake yet, with those keys
-    (sample index -> request key); counts the planned and the already done keys in `stats`."""
+    (sample index -> request key); adds the planned and the already done keys to `stats`."""
     keyed = [(g, g.keys(config)) for g in groups]
-    stats.keys = sum(len(k) for _, k in keyed)
+    stats.keys += sum(len(k) for _, k in keyed)
     done = await asyncio.to_thread(lake.existing, "samples", "request_key", [k for _, ks in keyed for k in ks.values()])
-    stats.already_done = len(done)
+    stats.already_done += len(done)
     todo: list[tuple[RequestGroup, dict[int, str]]] = []
     for group, keys in keyed:
         missing = {i: k for i, k in keys.items() if k not in done}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -152,3 +152,11 @@ def _nodes(node: yaml.Node | None) -> Iterator[yaml.Node]:
             stack.extend(n.value)
 
 
+def omit(dump: Any, **unset: bool) -> Any:
+    """A model's dump (a wrap serializer's `handler(self)`) without each key whose flag is true.
+    A key added to a config later leaves its dump, and so its hash, unchanged when it is unset."""
+    if isinstance(dump, dict):
+        for key, drop in unset.items():
+            if drop:
+                dump.pop(key, None)
+    return dump

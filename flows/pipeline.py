@@ -53,9 +53,10 @@ from prefect.utilities.annotations import quote
 
 from factory import funnel, stages
 from factory.dedup import dedup_lake
+from factory.preview import measure, preview_problems, project
 from factory.recipe import Recipe, load_recipe, recipe_hash
 from factory.rounds import RoundState
-from factory.sampler import Budget, SamplingStats, sample_teacher
+from factory.sampler import Budget, Escalation, SamplingStats, sample_teacher
 from factory.teachers import RequestGroup, make_teacher
 from factory.yaml_config import read_yaml_text
 from storage import Lake, LakeBusy, schemas
@@ -181,15 +182,16 @@ def decontaminate(lake: Lake, recipe: Recipe, new: list[dict], run_id: str) -> i
 
 
 @task(name="sample", cache_policy=NO_CACHE)
-def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None) -> SamplingStats:
+def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None,
+           escalation: Escalation | None = None) -> SamplingStats:
     seen = [0]
 
     def tick(stats: SamplingStats) -> None:
         progress.advance("sample", stats.received - seen[0])
         seen[0] = stats.received
 
-    return loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, on_progress=tick,
-                                   spill_dir=_spill_dir(lake)))
+    return loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, escalation=escalation,
+                                   on_progress=tick, spill_dir=_spill_dir(lake)))
 
 
 # A verdicts row as verify_samples makes it (the lake adds run_id and created_at).
@@ -494,6 +496,23 @@ def summarize(lake: Lake, problems: list[dict], rounds: RoundState, seconds: dic
     }
 
 
+def projection(lake: Lake, eligible: list[dict], sampled: list[dict], rounds: RoundState, seconds: dict[str, float]) -> dict:
+    """factory/preview.py's projection of the whole recipe (`eligible` problems) from the
+    previewed ones (`sampled`), their samples in the lake and the rounds' timing."""
+    source = {p["problem_id"]: p.get("source") or "" for p in eligible}
+    population: dict[str, int] = {}
+    for p in eligible:
+        population[source[p["problem_id"]]] = population.get(source[p["problem_id"]], 0) + 1
+    accepted: dict[str, int] = {}
+    for sid in rounds.accepted:
+        s = source[rounds.keys[sid]]
+        accepted[s] = accepted.get(s, 0) + 1
+    send_s = sum(st.send_s for st in rounds.stats)
+    return project(measure(lake, rounds.keys, sampled), population, accepted, send_s=send_s, verify_s=seconds.get("verify", 0.0),
+                   fixed_s=max(0.0, seconds.get("sample", 0.0) - send_s),
+                   sent_completion_tokens=sum(st.completion_tokens for st in rounds.stats))
+
+
 def _close(loop: _Loop, teacher, lake: Lake) -> None:
     if teacher is not None:
         try:
@@ -508,8 +527,11 @@ def _close(loop: _Loop, teacher, lake: Lake) -> None:
 
 
 @flow(name="factory-run", persist_result=False, log_prints=False)
-def factory_run(recipe_path: str, store: str | None = None, catalog: str | None = None, limit: int | None = None) -> dict:
-    """Run a recipe end to end; returns the run's summary (also stored in `runs.counts`)."""
+def factory_run(recipe_path: str, store: str | None = None, catalog: str | None = None, limit: int | None = None,
+                preview: int | None = None) -> dict:
+    """Run a recipe end to end; returns the run's summary (also stored in `runs.counts`). With
+    `preview`, sample and verify only that many problems (factory/preview.py picks them), record
+    the run as `preview` and return its summary with `preview`: the whole recipe's projection."""
     run = start_run(recipe_path, store, catalog)
     lake, recipe, run_id, seconds = run.lake, run.recipe, run.run_id, run.seconds
     loop, teacher = _Loop(), None
@@ -526,17 +548,23 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
                 dedup(lake, recipe, run_id, "problems")
             eligible = eligible_problems(lake, problems)
             s.note = f"{len(problems) - len(eligible)} dropped (benchmark hits or duplicates)"
-        rounds = RoundState(recipe, {p["problem_id"]: p for p in eligible}, teacher.config)
+        sampled = preview_problems(eligible, preview) if preview else eligible
+        rounds = RoundState(recipe, {p["problem_id"]: p for p in sampled}, teacher.config)
         seconds.update(sample=0.0, verify=0.0)  # shown even when no round runs
         while groups := rounds.plan():  # sample -> verify + filter, more rounds when adaptive sampling is on
             with stage("sample", seconds, sum(len(g.sample_indices) for g in groups)) as s:
-                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget()))
+                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget(), rounds.escalation()))
             with stage("verify", seconds, start=False) as s:
                 verify_planned(run, s, rounds)
                 s.note = rounds.close_round()
         if rounds.incomplete(missing := missing_keys(lake, rounds)):
-            run.record("incomplete", summarize(lake, eligible, rounds, seconds))
+            run.record("incomplete", summarize(lake, sampled, rounds, seconds))
             raise RunIncomplete(rounds.missing_message(run_id, missing))
+        if preview:  # no dedup, no dataset: the whole recipe's projection instead
+            summary = {**summarize(lake, sampled, rounds, seconds), "run_id": run_id,
+                       "preview": projection(lake, eligible, sampled, rounds, seconds)}
+            run.record("preview", summary)
+            return summary
         with stage("dedup", seconds) as s:  # the accepted samples, against every run's
             dd = dedup(lake, recipe, run_id, "samples", quote(sorted(rounds.accepted)))
             s.note = f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept"
@@ -601,14 +629,14 @@ def ensure_sandbox_limit(limit: int) -> None:
 
 
 def run_recipe(recipe_path: str, store: str | None = None, catalog: str | None = None, limit: int | None = None,
-               on_progress: Progress | None = None) -> dict:
+               on_progress: Progress | None = None, preview: int | None = None) -> dict:
     """The CLI's entry: the flow with the recipe's task runner and the sandbox limit set up."""
     recipe = load_recipe(recipe_path)
     set_progress(on_progress)
     try:
         runner = task_runner_for(recipe)
         with flow_settings():
-            return factory_run.with_options(task_runner=runner)(recipe_path, store=store, catalog=catalog, limit=limit)
+            return factory_run.with_options(task_runner=runner)(recipe_path, store=store, catalog=catalog, limit=limit, preview=preview)
     finally:
         set_progress(None)
 

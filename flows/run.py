@@ -1,6 +1,7 @@
 """`factory run`, `factory runs`, `factory schedule`, `factory serve`: the main job on Prefect.
 
     factory run recipes/quickstart.yaml                  # resumes by default; --limit N for a trial
+    factory run recipes/quickstart.yaml --preview 8      # 8 problems, then the whole recipe's projection
     factory runs                                         # past runs with their funnel counts
     factory schedule recipes/r1_math_vllm.yaml --cron "0 3 * * *"
     factory serve                                        # runs the scheduled deployments
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -94,18 +96,68 @@ def funnel_table(summary: dict) -> Table:
     return table
 
 
+def _fmt(q: str, x: float | None) -> str:
+    if x is None:
+        return "?"
+    if q == "cost_usd":
+        return f"${x:,.4f}"
+    if q == "wall_s":
+        return f"{x:,.1f} s"
+    return f"{x:,.0f}"
+
+
+def preview_table(projection: dict) -> Table:
+    """factory/preview.py's projection: each quantity as the preview measured it, projected for
+    the whole recipe with its 95% interval, and what a full run still does."""
+    table = Table(title=f"projection for all {projection['problems']} problems from a preview of {projection['previewed']} "
+                        f"({projection['interval']})", title_justify="left")
+    for c in ("", "preview", "whole recipe", "95% interval", "still to do"):
+        table.add_column(c, justify="left" if not c else "right")
+    names = {"requests": "requests", "prompt_tokens": "prompt tokens", "completion_tokens": "completion tokens",
+             "cost_usd": "cost", "wall_s": "wall (sample + verify)", "accepted": "accepted samples"}
+    for q, name in names.items():
+        t = projection["totals"][q]
+        interval = "?" if t["low"] is None else f"{_fmt(q, t['low'])} - {_fmt(q, t['high'])}"
+        table.add_row(name, _fmt(q, t["preview"]), _fmt(q, t["value"]), interval, _fmt(q, t["rest"]))
+    for source, r in projection["by_source"].items():
+        expected = "?" if r["expected"] is None else f"{r['expected']:,.0f} ({r['expected_low']:,.0f} - {r['expected_high']:,.0f})"
+        table.add_row(f"  accepted: {source}", f"{r['accepted']} of {r['samples']:.0f}", expected,
+                      f"yield {r['yield_low']:.0%} - {r['yield_high']:.0%}", f"{r['problems'] - r['previewed']} problems")
+    return table
+
+
+def _go_on(yes: bool) -> bool:
+    """After a preview: --yes goes on; a terminal is asked; anything else stops."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm("continue with the full run?", default=False, err=True)
+
+
 def run(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML (see recipes/ and docs/recipes.md).")],
     store: Store = None,
     catalog: Catalog = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N problems (a trial run).")] = None,
-    format: Annotated[str, typer.Option("--format", help="Summary on stdout: table or json.")] = "table",
+    preview: Annotated[int | None, typer.Option(
+        "--preview", min=1, help="Sample and verify only N problems (spread over the sources), print the projection for the whole "
+        "recipe (requests, tokens, cost, wall time, accepted samples, with 95% intervals), then stop; the full run later does not "
+        "send the preview's requests again. On a terminal it asks whether to go on with the full run.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="With --preview: go on with the full run without asking.")] = False,
+    format: Annotated[str, typer.Option("--format", help="Summary on stdout: table or json (with --preview: one line per run).")] = "table",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own log lines.")] = False,
 ) -> None:
-    """Generate: questions -> decontaminate -> sample -> verify + filter -> dedup -> dataset; resumes by default."""
+    """Generate: questions -> decontaminate -> sample -> verify + filter -> dedup -> dataset; resumes by default.
+
+    Never asks anything without --preview (schedules and CI run it); the recipe's `budget`
+    bounds what a run may spend."""
     if format not in ("table", "json"):
         err.print(f"error: --format {format!r}: expected table or json")
         raise typer.Exit(2)
+    out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(highlight=False, soft_wrap=True, width=160)  # a pipe or file: do not cut column names
 
     def job() -> None:
         from factory.recipe import load_recipe
@@ -115,11 +167,19 @@ def run(
         load_recipe(recipe)  # bad recipes fail here, before Prefect starts a server
         with prefect_session(verbose) as session, _failures_name_the_log(session):
             connect(session)  # the server starts (or fails, in one line) before the progress display
+            if preview:
+                with RichProgress(err) as display:
+                    first = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display, preview=preview)
+                if format == "json":
+                    typer.echo(json.dumps(first, sort_keys=True, default=str))
+                else:
+                    out.print(funnel_table(first))
+                    out.print(preview_table(first["preview"]))
+                if not _go_on(yes):
+                    err.print(f"preview only: `factory run {recipe}` runs the rest (the preview's samples are kept)", markup=False)
+                    return
             with RichProgress(err) as display:
                 summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
-        out = Console(highlight=False, soft_wrap=True)
-        if not out.is_terminal:
-            out = Console(highlight=False, soft_wrap=True, width=160)  # a pipe or file: do not cut column names
         if format == "json":
             typer.echo(json.dumps(summary, sort_keys=True, default=str))
             return
@@ -130,6 +190,9 @@ def run(
         out.print(f"tokens: {summary['tokens']['prompt']} prompt + {summary['tokens']['completion']} completion; "
                   f"cost ${summary['cost_usd']:.4f}; "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in summary.get("seconds", {}).items()))
+        if cut := summary.get("truncation"):
+            out.print(f"cut at max_tokens: {cut['length_cut']}; asked again with more tokens: {cut['escalated']}, "
+                      f"of which {cut['escalation_recovered']} finished")
         if summary.get("budget_reached"):
             out.print("budget reached: some requests were not sent (raise the budget and run again to continue)")
         if ds:

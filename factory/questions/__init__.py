@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from storage.errors import BadInput
 
 from ..verifiers.base import Verdict
+from ..yaml_config import omit
 from .generators import CHECKERS, GENERATORS, generate
 from .seeds import FieldMap, read_seeds
 from .splits import DEFAULT_TEST_SHARE, Split, generate_split, split_of
@@ -84,10 +85,7 @@ class SeedSource(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
-        out = handler(self)
-        if self.license is None and isinstance(out, dict):  # a recipe written before `license` keeps its hash
-            out.pop("license", None)
-        return out
+        return omit(handler(self), license=self.license is None)  # a recipe written before `license` keeps its hash
 
 
 class GeneratorSource(BaseModel):
@@ -115,11 +113,8 @@ class GeneratorSource(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
-        out = handler(self)
-        if self.split == "all" and isinstance(out, dict):  # a recipe written before splits keeps its hash
-            out.pop("split", None)
-            out.pop("test_share", None)
-        return out
+        unsplit = self.split == "all"  # a recipe written before splits keeps its hash
+        return omit(handler(self), split=unsplit, test_share=unsplit)
 
 
 class TeacherWrittenSource(BaseModel):

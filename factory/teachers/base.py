@@ -35,6 +35,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from ..records import content_hash
+from ..yaml_config import omit
 
 
 class Sampling(BaseModel):
@@ -51,17 +52,7 @@ class Sampling(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_unset(handler(self), self, ("top_logprobs",))
-
-
-def omit_unset(dumped, model: BaseModel, fields: tuple[str, ...]):
-    """`dumped` without `fields` that hold their default: options added after keys and hashes
-    were first computed from a model's dump must not change those of models that do not use them."""
-    if isinstance(dumped, dict):
-        for name in fields:
-            if getattr(model, name) == type(model).model_fields[name].default:
-                dumped.pop(name, None)
-    return dumped
+        return omit(handler(self), top_logprobs=self.top_logprobs is None)  # keys and hashes from before it stay
 
 
 class Price(BaseModel):

@@ -73,6 +73,10 @@ def test_the_issue_example_validates(tmp_path):
         ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\nverify_timeout_s: 1e9", 13, r"verify_timeout_s: Input should be less than or equal to 86400"),
         ("  model: deepseek-r1\n", "  model: deepseek-r1\n  model: other\n", 8, r"duplicate key 'model' \(first at line 7\)"),
         ("verify: [math]", "verify: [math]\nverify: [code]", 11, r"duplicate key 'verify' \(first at line 10\)"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\ntruncation: {max_tokens_cap: 4096}", 13,
+         r"truncation.max_tokens_cap: expected more than teacher.sampling.max_tokens \(4096\)"),
+        ("dedup: {threshold: 0.8}", "dedup: {threshold: 0.8}\ntruncation: {retry_max_tokens_factor: 1}", 13,
+         r"truncation.retry_max_tokens_factor: Input should be greater than 1"),
     ],
 )
 def test_bad_recipes_name_file_line_key_and_expectation(tmp_path, old, new, line, expected):
@@ -81,6 +85,12 @@ def test_bad_recipes_name_file_line_key_and_expectation(tmp_path, old, new, line
     with pytest.raises(BadInput, match=expected) as exc:
         load_recipe(path)
     assert f"{path}:{line}:" in str(exc.value)
+
+
+def test_the_truncation_cap_must_fit_the_context_window(tmp_path):
+    text = EXAMPLE.replace("samples_per_problem: 4", "samples_per_problem: 4\n  context_window: 8192") + "truncation: {}\n"
+    with pytest.raises(BadInput, match=r"recipe.yaml:15: truncation.max_tokens_cap: expected fewer than context_window \(8192\)"):
+        load_recipe(write(tmp_path, text))
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):
@@ -110,6 +120,25 @@ def test_a_recipe_written_before_give_up_after_s_keeps_its_hash(tmp_path):
         load_recipe(write(tmp_path, EXAMPLE.replace("  model: deepseek-r1\n", "  model: deepseek-r1\n  give_up_after_s: 0\n")))
 
 
+# Hashes of the shipped recipes computed before `truncation` existed: a run of an unchanged recipe
+# resumes (the run id is found by recipe hash) and its dataset keeps its recipe hash.
+SHIPPED_HASHES = {"quickstart": "d9b3048c3398a09655f1a61880dd46d4", "r1_math_vllm": "d5a7350d53d1152340ff86f80cc57186",
+                  "code_mbpp": "996c4e9c789fe1fac1778eab2d2305b2"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_HASHES))
+def test_a_recipe_without_the_new_options_keeps_its_hash(name):
+    assert recipe_hash(load_recipe(ROOT / "recipes" / f"{name}.yaml")) == SHIPPED_HASHES[name]
+
+
+def test_truncation_escalation_is_off_unless_set_and_changes_the_hash(tmp_path):
+    plain = load_recipe(write(tmp_path, EXAMPLE))
+    assert plain.truncation is None
+    on = load_recipe(write(tmp_path, EXAMPLE + "truncation: {max_tokens_cap: 16384}\n"))
+    assert on.truncation.escalation().max_tokens(4096) == 8192 and on.truncation.escalation().max_tokens(10000) == 16384
+    assert recipe_hash(on) != recipe_hash(plain)
+
+
 @pytest.mark.parametrize("name", ["quickstart", "r1_math_vllm", "code_mbpp"])
 def test_shipped_recipes_load_and_their_sources_read(name):
     r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
@@ -135,7 +164,7 @@ def test_docs_recipes_names_every_key():
 
     doc = (ROOT / "docs" / "recipes.md").read_text()
     models = [recipe.Recipe, recipe.TeacherSpec, recipe.PromptSpec, recipe.AdaptiveSpec, recipe.DecontaminateSpec,
-              recipe.DedupSpec, recipe.DatasetSpec, recipe.BudgetSpec, recipe.RunnerSpec, Sampling,
+              recipe.DedupSpec, recipe.DatasetSpec, recipe.BudgetSpec, recipe.TruncationSpec, recipe.RunnerSpec, Sampling,
               questions.SeedSource, questions.GeneratorSource, questions.TeacherWrittenSource]
     missing = []
     for m in models:

@@ -388,3 +388,40 @@ def test_flow_summary_report_funnel_and_dataset_count_agree(tmp_path):
     assert summary["rejects"] == report["rejects"] == REJECTS
     assert summary["by_source"]["src"]["filtered"] == report["by_source"]["src"]["filtered"] == len(rounds.accepted)
     assert rounds.accepted == ACCEPTED
+
+
+def long_odd_parts(prompt: str, seed, j: int) -> tuple[str, str]:
+    """Every choice right; odd choices reason for 40 more words (cut at max_tokens 40, whole at 80)."""
+    i, a, b = _numbers(prompt)
+    reasoning = f"We add {a} and {b} for problem {i} in choice {j}." + (" Then we check it again." * 8 if j % 2 else "")
+    return reasoning, f"The answer is \\boxed{{{a + b}}}."
+
+
+def test_truncated_samples_are_retried_verified_and_counted(prefect_api, tmp_path):
+    from flows.pipeline import factory_run
+
+    with TeacherServer(models=["test-model"], parts=long_odd_parts) as server:
+        recipe = write_recipe(tmp_path, server.url, contaminated=False, n=3, extra="truncation: {retry_max_tokens_factor: 2}\n")
+        recipe.write_text(recipe.read_text().replace("max_tokens: 200", "max_tokens: 40"))
+        store = str(tmp_path / "store")
+        summary = factory_run(str(recipe), store=store)
+        # 3 problems x 4 samples; choices 1 and 3 of each cut, then asked again with 80 tokens.
+        assert summary["truncation"] == {"length_cut": 6, "escalated": 6, "escalation_recovered": 6}
+        assert summary["by_source"]["adds"]["escalated"] == 6
+        funnel = {f["stage"]: f["count"] for f in summary["funnel"]}
+        assert funnel["requests"] == funnel["samples"] == 18 and funnel["verified"] == 12  # the cut ones state no answer
+        with Lake.open(store, create=False) as lake:
+            data = lake.read_dataset("flowtest").to_pylist()
+            cut = set(lake.query("SELECT sample_id FROM samples WHERE finish_reason = 'length'").column(0).to_pylist())
+            links = dict(tuple(r.values()) for r in lake.query(
+                "SELECT sample_id, json_extract_string(metadata, '$.retry_of') AS r FROM samples WHERE r IS NOT NULL").to_pylist())
+            passed = set(lake.query("SELECT sample_id FROM verdicts WHERE \"check\" = 'math' AND status = 'pass'").column(0).to_pylist())
+        assert set(links.values()) == cut and len(links) == 6  # each retry names the cut sample it retries
+        assert set(links) <= passed and not cut & passed  # the retries verified and passed; the cut ones did not
+        # The dataset holds no cut sample (which retries it holds is dedup's call: the scripted
+        # retries repeat the first request's choices word for word).
+        assert len({r["problem_id"] for r in data}) == 3 and all(r["finish_reason"] == "stop" and r["sample_id"] not in cut for r in data)
+        before = len(server.completion_requests())
+        again = factory_run(str(recipe), store=store)
+        assert len(server.completion_requests()) == before and again["sent_this_attempt"] == 0
+        assert again["truncation"] == summary["truncation"]

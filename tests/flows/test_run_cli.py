@@ -173,3 +173,30 @@ def test_the_readme_quickstart_on_a_busy_machine(tmp_path):
             b.wait()
     rows = check_quickstart_made_right_rows(tmp_path, run)
     print(f"quickstart run, busy machine: {rows} rows, {run['wall_s']:.0f} s wall, {run['cpu_s']:.0f} s CPU")
+
+
+def test_preview_projects_the_whole_recipe_and_the_full_run_does_not_resend(prefect_api, tmp_path):
+    with TeacherServer(models=["test-model"], parts=scripted_parts) as server:
+        recipe = write_recipe(tmp_path, server.url, contaminated=False, name="previewtest")
+        store = str(tmp_path / "store")
+        shown = runner.invoke(app, ["run", str(recipe), "--store", store, "--preview", "2"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.stderr + shown.stdout
+        assert "projection for all 6 problems from a preview of 2" in shown.stdout
+        # 4 requests per problem, the same for every problem: 8 previewed, exactly 24 in all.
+        assert re.search(r"requests[\s│]+8[\s│]+24[\s│]+24 - 24[\s│]+16", shown.stdout), shown.stdout
+        assert "accepted: adds" in shown.stdout and "preview only" in shown.stderr
+        assert len(server.completion_requests()) == 2  # one request (n=4) per previewed problem
+
+        # --yes: a preview of 3 (one more problem), then the full run, without asking.
+        both = runner.invoke(app, ["run", str(recipe), "--store", store, "--preview", "3", "--yes", "--format", "json"])
+        assert both.exit_code == 0, both.stderr + both.stdout
+        preview, full = (json.loads(line) for line in both.stdout.splitlines())
+        p = preview["preview"]["totals"]
+        assert (p["requests"]["preview"], p["requests"]["value"]) == (12, 24)
+        # The projection from 3 of 6 problems against what the full run counted.
+        assert p["completion_tokens"]["low"] <= full["tokens"]["completion"] <= p["completion_tokens"]["high"]
+        assert {f["stage"]: f["count"] for f in full["funnel"]}["requests"] == 24
+        sent = [json.dumps(r["body"]["messages"]) for r in server.completion_requests() if r["completed"]]
+        assert len(sent) == 6 and len(set(sent)) == 6  # every problem asked once: nothing the previews paid was resent
+    listed = json.loads(runner.invoke(app, ["runs", "--store", store, "--format", "json"]).stdout)
+    assert sorted(r["status"] for r in listed) == ["finished", "preview", "preview"]
