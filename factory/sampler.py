@@ -9,8 +9,9 @@ The ledger is the `samples` table itself: a request key is done once a sample wi
 rerun after a crash sends only what is missing. Samples are committed as they arrive, in small
 batches (`commit_every` samples or `commit_interval_s` seconds, whichever first), so a crash
 loses at most the requests in flight and the last unflushed batch; the buffer is flushed on the
-way out of any failure or cancellation. Partial results of an `n`-request are kept; the missing
-indices stay missing for the next run. `finish_reason=length` is stored as data, and retried
+way out of any failure or cancellation. Partial results of an `n`-request are kept (the teacher
+asks again for indices a server left out, a bounded number of times: see openai_http); what is
+still missing after that is sent on the next run. `finish_reason=length` is stored as data, and retried
 only when asked (`escalation`, below). With `Sampling.top_logprobs`, each sample's top-k
 log-probs (`Completion.topk`) go to the `teacher_topk` table in the same lake transaction as
 the sample.
