@@ -190,9 +190,11 @@ def run(
         out.print(f"tokens: {summary['tokens']['prompt']} prompt + {summary['tokens']['completion']} completion; "
                   f"cost ${summary['cost_usd']:.4f}; "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in summary.get("seconds", {}).items()))
-        if cut := summary.get("truncation"):
+        if (cut := summary.get("truncation")) and cut["escalated"]:
             out.print(f"cut at max_tokens: {cut['length_cut']}; asked again with more tokens: {cut['escalated']}, "
                       f"of which {cut['escalation_recovered']} finished")
+        elif cut:
+            out.print(f"cut at max_tokens: {cut['length_cut']} (none asked again: a recipe's `truncation:` asks again with more tokens)")
         if summary.get("budget_reached"):
             out.print("budget reached: some requests were not sent (raise the budget and run again to continue)")
         if ds:
