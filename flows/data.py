@@ -541,17 +541,37 @@ def maintain(
         typer.Option("--older-than", metavar="AGE", help="Only files older than this (30s, 15m, 1h, 2d); keep it above your longest commit."),
     ] = "1h",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files without deleting them.")] = False,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Also merge small data files and expire snapshots older than --older-than, except those a dataset version pins.",
+        ),
+    ] = False,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
-    """Delete data files that no snapshot references (left by killed writers)."""
+    """Delete data files that no snapshot references (left by killed writers).
+
+    With --compact, first merge the small files that many small commits leave (every query
+    reads fewer files), expire old snapshots that no saved dataset version pins, and delete the
+    files only they read; `factory export NAME@V` returns exactly what it returned before."""
 
     def job() -> None:
         age = parse_duration(older_than)
+        if compact and dry_run:
+            raise BadInput("--compact cannot be combined with --dry-run: merging files has no dry run")
         with Lake.open(store, catalog, create=False) as lake:
+            done = lake.compact(older_than=age) if compact else None
             files = lake.maintain(older_than=age, dry_run=dry_run)
         for f in files:
             typer.echo(f)
+        if done is not None:
+            err.print(
+                f"compacted: {done.files_before} -> {done.files_after} data file(s); expired {done.snapshots_expired} "
+                f"snapshot(s), kept {done.snapshots_pinned} pinned by datasets; deleted {done.files_deleted} old file(s)",
+                markup=False,
+            )
         verb = "would delete" if dry_run else "deleted"
         err.print(f"{verb} {len(files)} orphaned file(s)", markup=False)
 

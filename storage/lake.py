@@ -12,7 +12,9 @@ Exactly-once commits: each batch is written in one DuckLake transaction together
 in the `batches` ledger, under a per-key lock (a PostgreSQL advisory lock for a PostgreSQL
 catalog, a byte-range file lock otherwise), so a batch key is committed at most once and a
 batch is visible whole or not at all. A writer killed mid-commit leaves Parquet files that no
-snapshot references; `maintain()` deletes them.
+snapshot references; `maintain()` deletes them. Many small commits make many small files, which
+slow every query: `compact()` merges them and expires old snapshots, keeping every snapshot a
+saved dataset version pins.
 
 A DuckDB-file catalog admits one process at a time: another process waits up to
 `lock_timeout_s` for it, then gets `LakeBusy`. Use a SQLite or PostgreSQL catalog for several
@@ -63,6 +65,17 @@ class CommitResult:
     batch_key: str
     rows: int
     committed: bool  # False: the key was already committed, nothing was written
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What `Lake.compact()` did."""
+
+    files_before: int  # data files the current snapshot reads
+    files_after: int
+    snapshots_expired: int
+    snapshots_pinned: int  # kept because a saved dataset version reads them
+    files_deleted: int  # merged-away files and files only expired snapshots read, gone from the store
 
 
 @dataclass(frozen=True)
@@ -791,3 +804,49 @@ class Lake:
                 [dry_run, cutoff],
             ).fetchall()
             return [str(r[0]) for r in rows]
+
+    def compact(self, *, older_than: dt.timedelta = dt.timedelta(hours=1)) -> Compaction:
+        """Merge small data files (and rows inlined in the catalog) into few big ones, expire
+        snapshots older than `older_than` that no saved dataset version pins, and delete the
+        files that were scheduled for deletion before then.
+
+        Merged files keep each row's snapshot, so time travel to any snapshot still kept, and so
+        every dataset version, reads exactly the rows it read before. The files merged away stay
+        until a compaction `older_than` later: a reader that copied the catalog just before may
+        still scan them. `older_than` must exceed the time `save_dataset` takes from choosing its
+        snapshot to recording it (its count query), or a dataset saved meanwhile could lose it."""
+        cutoff = _now() - older_than
+        meta = f"__ducklake_metadata_{_ALIAS}"
+        with self._lock:
+            con = self.connection()
+
+            def live_files() -> int:
+                return int(con.execute(f"SELECT count(*) FROM {meta}.ducklake_data_file WHERE end_snapshot IS NULL").fetchone()[0])
+
+            def merge() -> None:
+                con.execute(f"CALL ducklake_flush_inlined_data('{_ALIAS}')").fetchall()
+                con.execute(f"CALL ducklake_merge_adjacent_files('{_ALIAS}')").fetchall()
+
+            def expire() -> tuple[int, int]:
+                pinned = {int(r[0]) for r in con.execute(f"SELECT DISTINCT snapshot_id FROM {_ALIAS}.datasets").fetchall()}
+                current = int(con.execute(f"SELECT id FROM {_ALIAS}.current_snapshot()").fetchone()[0])
+                old = [
+                    int(r[0])
+                    for r in con.execute(
+                        f"SELECT snapshot_id FROM ducklake_snapshots('{_ALIAS}') WHERE snapshot_time < ? ORDER BY 1", [cutoff]
+                    ).fetchall()
+                ]
+                doomed = [s for s in old if s not in pinned and s != current]
+                if doomed:
+                    con.execute(f"CALL ducklake_expire_snapshots('{_ALIAS}', versions => ?)", [doomed]).fetchall()
+                return len(doomed), len(pinned & set(old))
+
+            before = live_files()
+            with self._catalog_write_lock():
+                self._retry(merge, "merging small files")
+                expired, pinned = self._retry(expire, "expiring old snapshots")
+                # The cutoff again: with older_than=0, what was merged just now goes too.
+                deleted = con.execute(
+                    f"CALL ducklake_cleanup_old_files('{_ALIAS}', older_than => ?)", [_now() - older_than]
+                ).fetchall()
+            return Compaction(before, live_files(), expired, pinned, len(deleted))

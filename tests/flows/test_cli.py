@@ -73,6 +73,7 @@ def test_bad_rows_fail_the_ingest_with_line_and_field(cli, tmp_path):
         (["export", "bad name", "--output", "x.jsonl"], "expected NAME or NAME@VERSION"),
         (["export", "x", "--format", "xml", "--output", "x.xml"], "--format 'xml'"),
         (["maintain", "--older-than", "soon"], "--older-than 'soon'"),
+        (["maintain", "--compact", "--dry-run"], "--compact cannot be combined with --dry-run"),
         (["snapshot", "d", "SELECT * FROM nowhere"], "the SELECT fails"),
     ],
 )
@@ -121,6 +122,29 @@ def test_maintain_reports_orphans(cli, seed, tmp_path):
     assert r.exit_code == 0 and str(orphan) in r.stdout and orphan.exists()
     r = cli("maintain", "--older-than", "0s")
     assert "deleted 1 orphaned file(s)" in r.stderr and not orphan.exists()
+
+
+def test_maintain_compact_merges_files_and_keeps_exports(cli, tmp_path):
+    for b in range(6):  # one commit, one small file each (more rows than the catalog inlines)
+        f = tmp_path / f"part{b}.jsonl"
+        f.write_text("".join(json.dumps({"problem": f"q{b}-{i}"}) + "\n" for i in range(20)))
+        cli("ingest", str(f), "--table", "problems")
+    cli("snapshot", "d", "SELECT problem FROM problems")
+    for b in range(6, 9):
+        f = tmp_path / f"part{b}.jsonl"
+        f.write_text(json.dumps({"problem": f"q{b}"}) + "\n")
+        cli("ingest", str(f), "--table", "problems")
+    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
+    cli("export", "d@1", "--output", str(before))
+
+    r = cli("maintain", "--compact", "--older-than", "0s")
+
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stderr.splitlines() if x.startswith("compacted: "))
+    files_before, files_after = map(int, line.split(" data file")[0].removeprefix("compacted: ").split(" -> "))
+    assert files_after < files_before and "kept 1 pinned by datasets" in line
+    assert cli("export", "d@1", "--output", str(after)).exit_code == 0
+    assert after.read_bytes() == before.read_bytes() and len(before.read_text().splitlines()) == 120
 
 
 def test_the_installed_console_script_runs(tmp_path):
