@@ -23,9 +23,9 @@ from tests import services
 # is kept.
 SLOW_FIRST = (
     "tests/flows/test_loop.py",
+    "tests/flows/test_server.py",  # beside the loop: schedule+serve mostly waits for the minute
     "tests/flows/test_run_cli.py",
     "tests/factory/questions/test_writer.py",
-    "tests/flows/test_server.py",
     "tests/trainer/test_model.py",
     "tests/trainer/test_distill_topk.py",
     "tests/flows/test_export_model_cli.py",

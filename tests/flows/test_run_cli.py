@@ -161,10 +161,11 @@ def test_the_readme_quickstart_makes_a_dataset_of_right_answers(tmp_path):
 
 @pytest.mark.integration
 def test_the_readme_quickstart_on_a_busy_machine(tmp_path):
-    """The same with two CPU-burning processes beside it: slower, and the same guarantees must
-    hold (a busy machine changes batch timing, hence which rows share a batch)."""
+    """The same with a CPU-burning process beside it: slower, and the same guarantees must hold
+    (a busy machine changes batch timing, hence which rows share a batch). One burner, not one
+    per core: the suite's other xdist worker keeps the second core busy already."""
     _needs_smollm2()
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
     try:
         run = run_readme_quickstart(tmp_path)
     finally:
