@@ -44,9 +44,14 @@ def first_row(name: str, version: int, store: str | None, catalog: str | None) -
     return None
 
 
+def lake_flags(store: str | None, catalog: str | None) -> str:
+    """` --store S --catalog C` for the lake options a command was given, quoted for a shell."""
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in (("--store", store), ("--catalog", catalog)) if value)
+
+
 def next_commands(name: str, store: str | None, catalog: str | None) -> dict[str, str]:
     """The follow-up commands for dataset `name`, with the same lake options as the run."""
-    lake = "".join(f" {flag} {shlex.quote(value)}" for flag, value in (("--store", store), ("--catalog", catalog)) if value)
+    lake = lake_flags(store, catalog)
     return {
         "report": f"factory report --output report.html{lake}",
         "sql": f"factory sql {shlex.quote(VERDICTS_SQL)}{lake}",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -161,7 +162,7 @@ def run(
 
     def job() -> None:
         from factory.recipe import load_recipe
-        from flows.next_steps import print_next_steps
+        from flows.next_steps import lake_flags, print_next_steps
         from flows.pipeline import run_recipe
 
         load_recipe(recipe)  # bad recipes fail here, before Prefect starts a server
@@ -176,7 +177,8 @@ def run(
                     out.print(funnel_table(first))
                     out.print(preview_table(first["preview"]))
                 if not _go_on(yes):
-                    err.print(f"preview only: `factory run {recipe}` runs the rest (the preview's samples are kept)", markup=False)
+                    rest = f"factory run {shlex.quote(str(recipe))}{lake_flags(store, catalog)}" + (f" --limit {limit}" if limit else "")
+                    err.print(f"preview only: `{rest}` runs the rest (the preview's samples are kept)", markup=False)
                     return
             with RichProgress(err) as display:
                 summary = run_recipe(str(recipe), store=store, catalog=catalog, limit=limit, on_progress=display)
