@@ -207,6 +207,20 @@ def align_topk(ex: Example, record: dict, tokenizer, where: str) -> dict:
     return {"ids": [list(r) for r in top_ids[:n]] + [[-1]] * extra, "logprobs": [list(r) for r in record["top_logprobs"][:n]] + [[neg]] * extra}
 
 
+def check_topk_ids(examples: list[Example], vocab: int) -> None:
+    """BadInput for a top-k id outside the student's vocabulary (-1 marks "none"): a teacher
+    with a larger vocabulary, or a hand-written metadata.teacher_topk, would otherwise fail deep
+    in torch with an index error."""
+    for ex in examples:
+        top = ex.extra.get("teacher_topk")
+        for pos, ids in enumerate((top or {}).get("ids") or ()):
+            bad = next((i for i in ids if not -1 <= i < vocab), None)
+            if bad is not None:
+                where = f"row {ex.row}" + (f" (sample_id {ex.extra['sample_id']})" if ex.extra.get("sample_id") else "")
+                raise BadInput(f"{where}: teacher top-k id {bad} at supervised token {pos} is outside the student's vocabulary "
+                               f"(0..{vocab - 1}): sparse KD needs a teacher that shares the student's tokenizer")
+
+
 def topk_tensors(batch: Batch, rows: list[list[Example]]) -> tuple[torch.Tensor, torch.Tensor]:
     """[rows, T, K] teacher ids (-1 = none) and log-probs at the batch's supervised positions."""
     k = max((len(ids) for row in rows for ex in row for ids in ex.extra.get("teacher_topk", {}).get("ids") or ()), default=1)
@@ -324,7 +338,10 @@ def train(config: Config, *, stop_after_steps: int | None = None) -> dict[str, A
     tokenizer, examples, stats = prepare(config, env)
     if config.kd.mode == "sparse":
         attach_topk(examples, config.data, tokenizer)
-    model = shard_model(build_model(config.model, tokenizer, env.device), env, config.distributed)
+    model = build_model(config.model, tokenizer, env.device)
+    if config.kd.mode == "sparse":
+        check_topk_ids(examples, model.get_input_embeddings().weight.shape[0])
+    model = shard_model(model, env, config.distributed)
     if config.kd.mode == "sequence":
         loss = make_sft_loss(config.loop.loss_chunk_tokens)
     else:

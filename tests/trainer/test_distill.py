@@ -92,6 +92,22 @@ def test_sparse_kd_rejects_top_k_that_does_not_cover_the_supervised_tokens(tmp_p
         distill.train(cfg)
 
 
+def test_sparse_kd_rejects_top_k_ids_outside_the_students_vocabulary(tmp_path, tokenizer):
+    rows = short_r1_rows(2)
+    probe = distill_config(tmp_path, rows, {"mode": "sparse"}, teacher=None, loop={"batch_size": 1, "max_steps": 1})
+    examples, _ = tokenize_rows(rows, tokenizer, probe.data)
+    for row, ex in zip(rows, examples):
+        n = sum(1 for j in range(len(ex) - 1) if ex.labels[j + 1] != IGNORE)
+        ids = [[1, 2]] * n
+        ids[n - 1] = [1, len(tokenizer) + 7]  # a teacher with a larger vocabulary
+        row["metadata"] = json.dumps({"teacher_topk": {"ids": ids, "logprobs": [[-0.1, -2.0]] * n}})
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    expected = rf"row 0 \(sample_id [^)]+\): teacher top-k id {len(tokenizer) + 7} at supervised token \d+ is outside the student's vocabulary"
+    with pytest.raises(BadInput, match=expected):
+        distill.train(probe)
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
 def test_config_rejects_inconsistent_kd_settings(tmp_path):
     with pytest.raises(BadInput, match="kd.mode logits needs a teacher"):
         distill_config(tmp_path, short_r1_rows(1), {"mode": "logits"}, teacher=None)
