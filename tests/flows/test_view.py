@@ -21,6 +21,7 @@ IMG = "<img src=x onerror=alert(2)>"
 RUN = "run-v"
 HIT = json.dumps({"benchmark": "math500", "benchmark_id": "test/precalculus/807.json", "method": "ngram", "score": 0.9,
                   "matched": "Convert the point (0,3) in rectangular coordinates", "part": "text"}, sort_keys=True)
+HIT2 = json.dumps({"benchmark": "aime2024", "benchmark_id": "60", "method": "minhash", "score": 0.5, "matched": "3+3", "part": "text"}, sort_keys=True)
 
 
 def build_view_lake(store) -> None:
@@ -31,7 +32,7 @@ def build_view_lake(store) -> None:
     for i in range(5):
         source = "gsm8k" if i < 3 else "synth"
         problems.append({"problem_id": f"p{i}", "source": source, "domain": "math", "problem": f"What is {i}+{i}?",
-                         "reference_answer": str(2 * i), "difficulty": 1.0 + i, "contamination": [HIT] if i == 4 else []})
+                         "reference_answer": str(2 * i), "difficulty": 1.0 + i, "contamination": [HIT] if i == 4 else [HIT2] if i == 3 else []})
         for k in range(4):
             n = i * 4 + k
             sid = f"s{n:02d}"
@@ -280,3 +281,33 @@ def test_a_lake_of_schema_version_4_gains_the_reviews_table_on_open(tmp_path):
     with Lake.open(store) as lake:
         assert lake.query("SELECT value FROM meta WHERE key = 'schema_version'").column(0).to_pylist() == ["5"]
         assert lake.query("SELECT count(*) FROM reviews").column(0).to_pylist() == [0]
+
+
+def test_the_report_shows_verifier_agreement_and_decontamination_precision(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    build_view_lake(store)
+    with Lake.open(str(store)) as lake:
+        for sid, label, drawn in (("s00", "right", False), ("s02", "right", False), ("s01", "hacked", False), ("s10", "wrong", True),
+                                  ("s04", "unreadable", False)):
+            view_mod.add_review(lake, kind="sample", item_id=sid, label=label, reviewer="ann", drawn=drawn, seed=1)
+        view_mod.add_review(lake, kind="contamination", item_id="p4", hit=HIT, label="false", reviewer="ann")
+        view_mod.add_review(lake, kind="contamination", item_id="p4", hit=HIT, label="true", reviewer="bob")  # newest counts
+        view_mod.add_review(lake, kind="contamination", item_id="p3", hit=HIT2, label="false", reviewer="ann")
+        from flows.report import collect_report
+        from flows.report_html import render_html
+
+        data = collect_report(lake)
+        page = render_html(data)
+    # s00 verified+right and s10 failed+wrong agree; s02 failed+right and s01 verified+hacked do not; unreadable is not judged.
+    assert data.reviews["agreement"] == {"all": [2, 4], "drawn": [1, 1]}
+    assert data.reviews["contamination"] == {"math500": {"true": 1, "false": 0}, "aime2024": {"true": 0, "false": 1}}
+    section = page[page.index('<section id="reviews">'):]
+    section = section[:section.index("</section>")]
+    assert "50.0% (2 of 4)" in section and "100.0% (1 of 1)" in section
+    assert re.search(r"<td[^>]*>math500</td><td[^>]*>1</td><td[^>]*>0</td><td[^>]*>100.0%</td>", section)
+    assert re.search(r"<td[^>]*>aime2024</td><td[^>]*>0</td><td[^>]*>1</td><td[^>]*>0.0%</td>", section)
+    # No reviews, no section.
+    empty = tmp_path / "empty"
+    build_view_lake(empty)
+    with Lake.open(str(empty)) as lake:
+        assert collect_report(lake).reviews is None and 'id="reviews"' not in render_html(collect_report(lake))
