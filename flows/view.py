@@ -36,7 +36,7 @@ is refused (a web page cannot write reviews through the reader's browser).
 
 Not covered: no authentication (the reviewer types a name, default $USER); a DuckDB-file catalog
 admits one process at a time, so while the app holds it a `factory run` on the same store waits
-(the app releases the file after each request: see `_release`).
+(the app lets the file go after 2 s without requests: see `_ReleaseMiddleware`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ SAMPLE_LABELS = ("right", "wrong", "hacked", "unreadable")
 HIT_LABELS = ("true", "false")
 BAD_SAMPLE_LABELS = ("wrong", "hacked", "unreadable")  # what `factory export --drop-reviewed-bad` drops
 REVIEW_RUN = "review"
+RELEASE_AFTER_S = 2.0  # a DuckDB-file catalog is let go after this long without requests (see _ReleaseMiddleware)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -80,7 +81,7 @@ class View:
     lake: Lake
     metrics: list[Path] = field(default_factory=list)
     reviewer: str = ""
-    release: bool = False  # close the catalog after each request (a DuckDB file admits one process)
+    release_after_s: float | None = None  # close the catalog after this long without requests (a DuckDB file admits one process)
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -300,24 +301,23 @@ def read_samples(lake: Lake, f: dict[str, Any], n: int) -> dict[str, Any]:
     elif backwards:
         add("s.sample_id < ?", f["before"])
     order = "DESC" if backwards else "ASC"
-    rows = _rows(lake, f"""SELECT s.sample_id, s.run_id, s.problem_id, s.teacher, s.finish_reason, s.completion_tokens
+    rows = _rows(lake, f"""SELECT s.sample_id, s.run_id, s.problem_id, s.teacher, s.finish_reason, s.completion_tokens,
+                                  left(s.answer, 80) AS answer
                            FROM samples s WHERE {' AND '.join(where) or 'TRUE'} ORDER BY s.sample_id {order} LIMIT {n + 1}""", params)
     more = len(rows) > n
     rows = rows[:n]
     if backwards:
         rows.reverse()
     if rows:
-        page = _ids(r["sample_id"] for r in rows)
+        # The page's id range first: row groups whose min/max miss it are skipped before the join.
         verdicts: dict[str, list[str]] = {}
-        for v in _rows(lake, """SELECT sample_id, "check" || ':' || status AS v FROM verdicts WHERE sample_id IN (SELECT id FROM _page)
-                                ORDER BY sample_id, "check", created_at""", tables=page):
+        for v in _rows(lake, """SELECT sample_id, "check" || ':' || status AS v FROM verdicts
+                                WHERE sample_id BETWEEN ? AND ? AND sample_id IN (SELECT id FROM _page)
+                                ORDER BY sample_id, "check", created_at""", [rows[0]["sample_id"], rows[-1]["sample_id"]],
+                       tables=_ids(r["sample_id"] for r in rows)):
             verdicts.setdefault(v["sample_id"], []).append(v["v"])
-        answers = {a["sample_id"]: a["answer"] for a in _rows(
-            lake, "SELECT sample_id, any_value(left(answer, 80)) AS answer FROM samples WHERE sample_id IN (SELECT id FROM _page) GROUP BY 1",
-            tables=page)}
         for r in rows:
             r["verdicts"] = ", ".join(dict.fromkeys(verdicts.get(r["sample_id"], [])))
-            r["answer"] = answers.get(r["sample_id"])
     first, last = (rows[0]["sample_id"], rows[-1]["sample_id"]) if rows else (None, None)
     has_next = more if not backwards else True
     has_prev = (f["after"] is not None) or (backwards and more)
@@ -704,24 +704,42 @@ def build_app(view: View | Lake, *, host: str = "127.0.0.1", port: int | None = 
     hosts = sorted({host, *_LOOPBACK} - {"0.0.0.0", "::"}) if host not in ("0.0.0.0", "::") else ["*"]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts + (["testserver"] if port is None else []))]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: error_page, BadInput: error_page})
-    if view.release:
-        app.add_middleware(_ReleaseMiddleware, lake=lake)
+    if view.release_after_s is not None:
+        app.add_middleware(_ReleaseMiddleware, lake=lake, idle_s=view.release_after_s)
     return app
 
 
 class _ReleaseMiddleware:
-    """Close the lake's catalog connection after each request, so a `factory run` on the same
-    DuckDB-file catalog is not locked out while the viewer sits open (the next request reattaches)."""
+    """Close the lake's catalog connection once no request came for `idle_s`, so a `factory run`
+    on the same DuckDB-file catalog is not locked out while the viewer sits open; the next request
+    attaches again. Not after every request: attaching costs ~300 ms on a 1M-sample lake
+    (benches/view.py), more than a page's own queries."""
 
-    def __init__(self, app, lake: Lake):
-        self.app, self.lake = app, lake
+    def __init__(self, app, lake: Lake, idle_s: float):
+        self.app, self.lake, self.idle_s = app, lake, idle_s
+        self.in_flight = 0
+        self.last = 0.0
 
     async def __call__(self, scope, receive, send):
+        import asyncio
+        import time
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            if scope["type"] == "http":
-                self.lake.close()
+            self.in_flight -= 1
+            self.last = time.monotonic()
+            asyncio.get_running_loop().call_later(self.idle_s, self._maybe_release)
+
+    def _maybe_release(self) -> None:
+        import time
+
+        if self.in_flight == 0 and time.monotonic() - self.last >= self.idle_s * 0.99:
+            self.lake.close()
 
 
 def check_host(host: str | None) -> str:
@@ -759,7 +777,7 @@ def view(
         lake = Lake.open(store, catalog, create=False)
         lake.query("SELECT 1 FROM samples LIMIT 0")  # the lake opens (or fails with its one-line message) before we listen
         app = build_app(View(lake, list(metrics), reviewer or os.environ.get("USER") or "reviewer",
-                             release=lake.config.catalog_kind == "duckdb"), host=bind, port=port)
+                             release_after_s=RELEASE_AFTER_S if lake.config.catalog_kind == "duckdb" else None), host=bind, port=port)
         url = f"http://{'[' + bind + ']' if ':' in bind else bind}:{port}/"
         err.print(f"factory view: {url} (store {lake.config.describe()}); Ctrl-C stops it", markup=False)
         if bind not in _LOOPBACK:

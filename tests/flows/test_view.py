@@ -6,6 +6,7 @@ default, and `factory export --drop-reviewed-bad` leaves reviewed-bad rows out."
 import html
 import json
 import re
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -239,8 +240,9 @@ def test_the_view_keeps_no_lock_on_a_duckdb_catalog_between_requests(tmp_path):
     store = tmp_path / "store"
     build_view_lake(store)
     lake = Lake.open(str(store), create=False)
-    with TestClient(build_app(View(lake, release=True))) as c:
+    with TestClient(build_app(View(lake, release_after_s=0.2))) as c:
         assert c.get("/samples").status_code == 200
+        time.sleep(0.6)  # idle: the view lets the catalog go
         # Another process's writer (another Lake here) gets the catalog at once.
         with Lake.open(str(store), lock_timeout_s=2) as other:
             other.commit("runs", [{"run_id": "r2", "status": "started"}], batch_key="r2", run_id="r2")
