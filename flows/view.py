@@ -779,7 +779,7 @@ def view(
         app = build_app(View(lake, list(metrics), reviewer or os.environ.get("USER") or "reviewer",
                              release_after_s=RELEASE_AFTER_S if lake.config.catalog_kind == "duckdb" else None), host=bind, port=port)
         url = f"http://{'[' + bind + ']' if ':' in bind else bind}:{port}/"
-        err.print(f"factory view: {url} (store {lake.config.describe()}); Ctrl-C stops it", markup=False)
+        err.print(f"factory view: {url} ({lake.config.describe()}); Ctrl-C stops it", markup=False)
         if bind not in _LOOPBACK:
             err.print(f"warning: listening on {bind}: anyone who can reach this address can read the lake and write reviews", markup=False)
         if open_browser:
