@@ -751,6 +751,19 @@ def check_host(host: str | None) -> str:
     return host
 
 
+def _check_port(host: str, port: int) -> None:
+    """A port another program holds is the user's to change: one line and exit 2, before the lake opens."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise BadInput(f"--port {port} on {host}: cannot listen there ({exc.strerror}); expected a free port, e.g. --port {port + 1}") from None
+
+
 # -- the command --------------------------------------------------------------------------
 
 
@@ -774,6 +787,7 @@ def view(
         for p in metrics:
             if not Path(p).exists():
                 raise BadInput(f"--metrics {p}: no such file or folder; expected a metrics CSV or a folder of them")
+        _check_port(bind, port)
         lake = Lake.open(store, catalog, create=False)
         lake.query("SELECT 1 FROM samples LIMIT 0")  # the lake opens (or fails with its one-line message) before we listen
         app = build_app(View(lake, list(metrics), reviewer or os.environ.get("USER") or "reviewer",

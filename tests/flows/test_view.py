@@ -6,6 +6,7 @@ default, and `factory export --drop-reviewed-bad` leaves reviewed-bad rows out."
 import html
 import json
 import re
+import socket
 import time
 
 import pytest
@@ -226,14 +227,22 @@ def test_the_server_binds_127_0_0_1_unless_told(monkeypatch, tmp_path):
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     runner = CliRunner()
-    r = runner.invoke(app, ["view", "--store", str(store), "--port", "9999"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = runner.invoke(app, ["view", "--store", str(store), "--port", str(port)])
     assert r.exit_code == 0, r.output
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 9999
-    assert "http://127.0.0.1:9999/" in r.output
-    r = runner.invoke(app, ["view", "--store", str(store), "--host", "0.0.0.0"])
+    assert seen["host"] == "127.0.0.1" and seen["port"] == port
+    assert f"http://127.0.0.1:{port}/" in r.output
+    r = runner.invoke(app, ["view", "--store", str(store), "--host", "0.0.0.0", "--port", str(port)])
     assert seen["host"] == "0.0.0.0" and "warning: listening on 0.0.0.0" in r.output
-    missing = runner.invoke(app, ["view", "--store", str(tmp_path / "none")])
+    missing = runner.invoke(app, ["view", "--store", str(tmp_path / "none"), "--port", str(port)])
     assert missing.exit_code == 2 and "no lake at" in missing.output
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = runner.invoke(app, ["view", "--store", str(store), "--port", str(held.getsockname()[1])])
+    assert busy.exit_code == 2 and "cannot listen there" in busy.output and "expected a free port" in busy.output
 
 
 def test_the_view_keeps_no_lock_on_a_duckdb_catalog_between_requests(tmp_path):
