@@ -301,45 +301,46 @@ def read_samples(lake: Lake, f: dict[str, Any], n: int) -> dict[str, Any]:
     elif backwards:
         add("s.sample_id < ?", f["before"])
     order = "DESC" if backwards else "ASC"
-    rows = _rows(lake, f"""SELECT s.sample_id, s.run_id, s.problem_id, s.teacher, s.finish_reason, s.completion_tokens,
-                                  left(s.answer, 80) AS answer
-                           FROM samples s WHERE {' AND '.join(where) or 'TRUE'} ORDER BY s.sample_id {order} LIMIT {n + 1}""", params)
+    # One query (each costs a catalog round of its own): the page, then its verdicts looked up within
+    # the page's id range, so row groups whose min/max miss it are skipped before the join.
+    rows = _rows(lake, f"""WITH page AS (
+    SELECT s.sample_id, s.run_id, s.problem_id, s.teacher, s.finish_reason, s.completion_tokens, left(s.answer, 80) AS answer
+    FROM samples s WHERE {' AND '.join(where) or 'TRUE'} ORDER BY s.sample_id {order} LIMIT {n + 1}),
+v AS (SELECT sample_id, string_agg(DISTINCT "check" || ':' || status, ', ' ORDER BY "check" || ':' || status) AS verdicts FROM verdicts
+      WHERE sample_id BETWEEN (SELECT min(sample_id) FROM page) AND (SELECT max(sample_id) FROM page)
+        AND sample_id IN (SELECT sample_id FROM page) GROUP BY sample_id)
+SELECT page.*, coalesce(v.verdicts, '') AS verdicts FROM page LEFT JOIN v USING (sample_id) ORDER BY page.sample_id""", params)
     more = len(rows) > n
-    rows = rows[:n]
-    if backwards:
-        rows.reverse()
-    if rows:
-        # The page's id range first: row groups whose min/max miss it are skipped before the join.
-        verdicts: dict[str, list[str]] = {}
-        for v in _rows(lake, """SELECT sample_id, "check" || ':' || status AS v FROM verdicts
-                                WHERE sample_id BETWEEN ? AND ? AND sample_id IN (SELECT id FROM _page)
-                                ORDER BY sample_id, "check", created_at""", [rows[0]["sample_id"], rows[-1]["sample_id"]],
-                       tables=_ids(r["sample_id"] for r in rows)):
-            verdicts.setdefault(v["sample_id"], []).append(v["v"])
-        for r in rows:
-            r["verdicts"] = ", ".join(dict.fromkeys(verdicts.get(r["sample_id"], [])))
+    if more:  # the extra row is the one beyond the page: the last going forwards, the first going back
+        rows = rows[1:] if backwards else rows[:n]
     first, last = (rows[0]["sample_id"], rows[-1]["sample_id"]) if rows else (None, None)
     has_next = more if not backwards else True
     has_prev = (f["after"] is not None) or (backwards and more)
     return {"rows": rows, "next": last if has_next and rows else None, "prev": first if has_prev and rows else None}
 
 
+_SAMPLE_SQL = """WITH s AS (SELECT * FROM samples WHERE sample_id = $1 ORDER BY created_at LIMIT 1)
+SELECT (SELECT list(s) FROM s) AS sample,
+  (SELECT list(p) FROM (SELECT problem_id, source, problem, reference_answer, difficulty, contamination FROM problems
+                        WHERE problem_id = (SELECT problem_id FROM s) ORDER BY created_at LIMIT 1) p) AS problem,
+  (SELECT list(v ORDER BY v.created_at DESC, v."check") FROM (
+      SELECT "check", check_version, status, score, extracted_answer, reason, elapsed_s, run_id, created_at FROM verdicts WHERE sample_id = $1) v
+  ) AS verdicts,
+  (SELECT list(d ORDER BY d.created_at DESC) FROM (
+      SELECT d.cluster_id, d.kept, d.method, d.similarity, d.run_id, d.created_at,
+             (SELECT list(DISTINCT k.item_id ORDER BY k.item_id) FROM dedup k WHERE k.cluster_id = d.cluster_id AND k.kept) AS kept_members
+      FROM dedup d WHERE d.item_kind = 'sample' AND d.item_id = $1) d) AS dedup,
+  (SELECT list(r ORDER BY r.created_at DESC) FROM (SELECT * FROM reviews WHERE item_kind = 'sample' AND item_id = $1) r) AS reviews"""
+
+
 def read_sample(lake: Lake, sample_id: str) -> dict[str, Any] | None:
-    rows = _rows(lake, "SELECT * FROM samples WHERE sample_id = ? ORDER BY created_at LIMIT 1", [sample_id])
-    if not rows:
+    # One query for the whole page: each query costs a round of catalog lookups of its own.
+    row = _rows(lake, _SAMPLE_SQL, [sample_id])[0]
+    if not row["sample"]:
         return None
-    s = rows[0]
-    problem = _rows(lake, "SELECT problem_id, source, problem, reference_answer, difficulty, contamination FROM problems "
-                          "WHERE problem_id = ? ORDER BY created_at LIMIT 1", [s["problem_id"]])
-    verdicts = _rows(lake, """SELECT "check", check_version, status, score, extracted_answer, reason, elapsed_s, run_id, created_at
-                              FROM verdicts WHERE sample_id = ? ORDER BY created_at DESC, "check" """, [sample_id])
-    dedup = _rows(lake, """SELECT d.cluster_id, d.kept, d.method, d.similarity, d.run_id,
-                                  (SELECT string_agg(DISTINCT k.item_id, ' ') FROM dedup k WHERE k.cluster_id = d.cluster_id AND k.kept) AS kept_members
-                           FROM dedup d WHERE d.item_kind = 'sample' AND d.item_id = ? ORDER BY d.created_at DESC""", [sample_id])
-    for d in dedup:
-        d["kept_members"] = (d["kept_members"] or "").split()
-    reviews = _rows(lake, "SELECT * FROM reviews WHERE item_kind = 'sample' AND item_id = ? ORDER BY created_at DESC", [sample_id])
-    return {"s": s, "problem": problem[0] if problem else None, "verdicts": verdicts, "dedup": dedup, "reviews": reviews,
+    s = row["sample"][0]
+    return {"s": s, "problem": (row["problem"] or [None])[0], "verdicts": row["verdicts"] or [],
+            "dedup": [{**d, "kept_members": d["kept_members"] or []} for d in row["dedup"] or []], "reviews": row["reviews"] or [],
             "chars": {k: len(s[k] or "") for k in ("prompt", "reasoning", "answer", "completion")}}
 
 
