@@ -322,3 +322,11 @@ def test_the_report_shows_verifier_agreement_and_decontamination_precision(tmp_p
     build_view_lake(empty)
     with Lake.open(str(empty)) as lake:
         assert collect_report(lake).reviews is None and 'id="reviews"' not in render_html(collect_report(lake))
+
+
+def test_the_training_page_escapes_hostile_metric_names(lake, tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(f'step,"{SCRIPT}"\n1,2.0\n2,1.0\n')
+    with TestClient(build_app(View(lake, [metrics]))) as c:
+        page = c.get("/training").text
+    assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<svg" in page
