@@ -5,7 +5,7 @@
     factory --help
 
 The commands are plain functions in their own modules (flows/data.py, run.py, train.py,
-evaluate.py, export_model.py, report.py); what they share (--store, --catalog, the stderr console, the exit
+evaluate.py, export_model.py, report.py, view.py); what they share (--store, --catalog, the stderr console, the exit
 codes) is in flows/options.py, so no command module imports this one. Each imports its heavy
 libraries (torch, Prefect) inside the command body, so `factory --help` stays fast.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from flows import data, evaluate, export_model, report, run, train
+from flows import data, evaluate, export_model, report, run, train, view
 
 app = typer.Typer(
     name="factory",
@@ -48,6 +48,7 @@ app.command()(train.train)
 app.command("eval")(evaluate.eval_)
 app.command("export-model")(export_model.export_model)
 app.command()(report.report)
+app.command()(view.view)
 
 
 def render_help() -> str:

@@ -310,6 +310,12 @@ def export(
                      "(one commit; the token from HF_TOKEN or `hf auth login`, the endpoint from HF_ENDPOINT). --format hf only."),
     ] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the --push repository as private.")] = False,
+    drop_reviewed_bad: Annotated[
+        bool,
+        typer.Option("--drop-reviewed-bad", help="Leave out rows whose sample reviewers marked wrong, hacked or unreadable, or whose "
+                     "problem has a contamination hit reviewed as true (`factory view`; the newest review of each counts). "
+                     "--format jsonl or parquet."),
+    ] = False,
     store: Store = None,
     catalog: Catalog = None,
 ) -> None:
@@ -331,6 +337,8 @@ def export(
         if not m:
             raise BadInput(f"dataset {dataset!r}: expected NAME or NAME@VERSION")
         version = int(m["version"]) if m["version"] else None
+        if drop_reviewed_bad and format == "hf":
+            raise BadInput("--drop-reviewed-bad: only with --format jsonl or parquet (the hf folder's card describes the saved version)")
         if format == "hf":
             from factory.cards import check_output_folder, write_hf_folder
 
@@ -351,9 +359,15 @@ def export(
         with Lake.open(store, catalog, create=False) as lake:
             ds = lake.dataset(m["name"], version)
             reader = lake.dataset_reader(ds.name, ds.version)
+            dropped = None
+            if drop_reviewed_bad:
+                from flows.view import drop_reviewed
+
+                reader, dropped = drop_reviewed(lake, reader, f"{ds.name}@{ds.version}")
             with err.status(f"writing {ds.name}@{ds.version} ({ds.row_count} rows) to {output}"):
                 rows = _write_stream(reader, format, output)
-        err.print(f"wrote {rows} row(s) of {ds.name}@{ds.version} to {output}", markup=False)
+        extra = f"; dropped {dropped[0]} row(s) reviewers marked bad" if dropped is not None else ""
+        err.print(f"wrote {rows} row(s) of {ds.name}@{ds.version} to {output}{extra}", markup=False)
 
     run_job(job)
 

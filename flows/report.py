@@ -82,6 +82,7 @@ class ReportData:
     evals: list[dict[str, Any]] = field(default_factory=list)  # model, benchmark, n, items, accuracy
     eval_lengths: list[dict[str, Any]] = field(default_factory=list)  # model, lo, hi, n, accuracy
     metrics: list[MetricsFile] = field(default_factory=list)
+    reviews: dict[str, Any] | None = None  # see _reviews; None when nobody reviewed anything in scope
     notes: list[str] = field(default_factory=list)
     generated_at: str = ""
 
@@ -172,6 +173,7 @@ def collect_report(lake: Lake, target: str | None = None, metrics: Iterable[Path
     data.lengths, data.length_unit = _length_histogram(lake, scope)
     data.rejects = _rejects(lake, scope)
     data.evals, data.eval_lengths = _evals(lake)
+    data.reviews = _reviews(lake, scope)
     data.metrics = [read_metrics(Path(p)) for p in _metric_files(metrics)]
     return data
 
@@ -367,6 +369,43 @@ def _evals(lake: Lake) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for r in by_length:
         r["lo"], r["hi"] = (0 if r["k"] == 0 else 2 ** r["k"]), 2 ** (r["k"] + 1)
     return table, by_length
+
+
+# The newest review of each item counts (a reviewer may change their mind); `factory view` writes them.
+_NEWEST_REVIEW = "QUALIFY row_number() OVER (PARTITION BY item_kind, item_id, coalesce(hit, '') ORDER BY created_at DESC, review_id) = 1"
+
+
+def _reviews(lake: Lake, scope: Scope) -> dict[str, Any] | None:
+    """What reviewers said against what the machines decided, for the scope's samples and problems:
+    - `samples`: per verifier outcome (verified or not, by the funnel's rule) and review label, how
+      many samples, all reviews and drawn ones (the seeded draw: an unbiased sample) apart;
+    - `agreement`: over samples marked right, wrong or hacked that have verifier verdicts, how often
+      "verified" equals "marked right" (a hacked sample the verifier passed is a disagreement);
+    - `contamination`: per benchmark, hits reviewed true and false: precision = true / reviewed."""
+    head, params = _outcomes(scope)
+    samples = _rows(lake, head + f""", r AS (SELECT item_id, label, coalesce(drawn, FALSE) AS drawn FROM reviews
+                                         WHERE item_kind = 'sample' {_NEWEST_REVIEW})
+        SELECT o.checked, o.verified, r.label, r.drawn, count(*) AS n FROM o JOIN r ON r.item_id = o.sample_id
+        GROUP BY ALL ORDER BY ALL""", params)
+    where, pparams = _where(scope)
+    hits = _rows(lake, f"""SELECT hit, label FROM reviews WHERE item_kind = 'contamination'
+                           AND item_id IN (SELECT problem_id FROM problems WHERE {where}) {_NEWEST_REVIEW}""", pparams)
+    if not samples and not hits:
+        return None
+    from factory.cards import _benchmark
+
+    agreement = {"all": [0, 0], "drawn": [0, 0]}  # [agree, judged]
+    for r in samples:
+        if r["checked"] and r["label"] in ("right", "wrong", "hacked"):
+            agree = bool(r["verified"]) == (r["label"] == "right")
+            for key in ("all", "drawn") if r["drawn"] else ("all",):
+                agreement[key][0] += r["n"] * agree
+                agreement[key][1] += r["n"]
+    contamination: dict[str, dict[str, int]] = {}
+    for h in hits:
+        row = contamination.setdefault(_benchmark(h["hit"]), {"true": 0, "false": 0})
+        row[h["label"]] = row.get(h["label"], 0) + 1
+    return {"samples": samples, "agreement": agreement, "contamination": contamination}
 
 
 def _label_settings(table: list[dict[str, Any]]) -> None:

@@ -283,6 +283,8 @@ def render_html(data: ReportData) -> str:
     body.append(_runs_section(data))
     body.append(_pass_section(data))
     body.append(_rejects_section(data, counts))
+    if data.reviews:
+        body.append(_reviews_section(data.reviews))
     if data.evals:
         body.append(_evals_section(data))
     if data.metrics:
@@ -457,6 +459,33 @@ def _rejects_section(data: ReportData, counts: dict[str, Any]) -> str:
                             [[r["check"], r["status"], r["reason"] or "(no reason)", _fmt(r["count"])] for r in data.rejects], numeric_from=3))
     if not by_check and not data.rejects:
         parts.append('<p class="note">No rejected verdicts in this scope.</p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _reviews_section(reviews: dict[str, Any]) -> str:
+    """Reviewers against the machines: the verifier's agreement with reviewers, and the precision
+    of decontamination from reviewed hits (`factory view` writes the reviews)."""
+    parts = ['<section id="reviews"><h2>Reviews</h2>']
+    agree = reviews["agreement"]
+    if agree["all"][1]:
+        lines = []
+        for key, what in (("all", "all reviewed samples"), ("drawn", "samples drawn for review (a seeded random sample: unbiased)")):
+            a, n = agree[key]
+            lines.append(f"<li>{_e(what)}: {_pct(a, n) if n else '—'} ({_fmt(a)} of {_fmt(n)})</li>")
+        parts.append("<h3>Verifier agreement with reviewers</h3><p class=\"note\">Samples with verifier verdicts that a reviewer marked right, "
+                     "wrong or hacked; they agree when the sample was verified exactly when it was marked right.</p><ul>" + "".join(lines) + "</ul>")
+    if reviews["samples"]:
+        rows = [["verified" if r["verified"] else "not verified" if r["checked"] else "no verdicts", r["label"],
+                 "drawn" if r["drawn"] else "browsed", _fmt(r["n"])] for r in reviews["samples"]]
+        parts.append("<h3>Reviewed samples</h3>" + _table(["verifier", "reviewer", "how found", "samples"], rows, numeric_from=3))
+    if reviews["contamination"]:
+        rows = []
+        for bench, c in sorted(reviews["contamination"].items()):
+            n = c.get("true", 0) + c.get("false", 0)
+            rows.append([bench, _fmt(c.get("true", 0)), _fmt(c.get("false", 0)), _pct(c.get("true", 0), n) if n else "—"])
+        parts.append("<h3>Decontamination precision from reviewed hits</h3>"
+                     + _table(["benchmark", "true hits", "false positives", "precision"], rows))
     parts.append("</section>")
     return "".join(parts)
 

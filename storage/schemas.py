@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .errors import BadInput
 
-SCHEMA_VERSION = 4  # 2: the `minhash` table (dedup's persisted index); 3: `labels` and `evals`; 4: `teacher_topk`
+SCHEMA_VERSION = 5  # 2: the `minhash` table (dedup's persisted index); 3: `labels` and `evals`; 4: `teacher_topk`; 5: `reviews`
 
 _ts = pa.timestamp("us", tz="UTC")
 _message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -212,6 +212,27 @@ EVALS = pa.schema(
     ]
 )
 
+# People's judgements of what the machines decided (`factory view`): a sample marked right,
+# wrong, hacked (a reward hack: passed the verifier without solving the problem) or unreadable,
+# or a contamination hit marked true or false. Append-only: a later review of the same item
+# supersedes the earlier one for readers (the report, `factory export --drop-reviewed-bad`).
+REVIEWS = pa.schema(
+    [
+        _f("review_id", pa.string(), True),
+        _f("run_id", pa.string(), True),  # "review": reviews belong to no generation run
+        _f("item_kind", pa.string(), True),  # sample | contamination
+        _f("item_id", pa.string(), True),  # the sample_id, or the problem_id of a contamination hit
+        _f("hit", pa.string()),  # contamination: the hit as problems.contamination holds it
+        _f("label", pa.string(), True),  # sample: right | wrong | hacked | unreadable; contamination: true | false
+        _f("note", pa.string()),
+        _f("reviewer", pa.string(), True),  # who
+        _f("drawn", pa.bool_()),  # reached by the seeded "sample for review" draw (an unbiased sample), not by browsing
+        _f("draw_seed", pa.int64()),
+        _f("snapshot_id", pa.int64()),  # the lake snapshot the reviewer was shown
+        _f("created_at", _ts, True),  # when
+    ]
+)
+
 # The exactly-once ledger: one row per committed batch, written in the same transaction.
 BATCHES = pa.schema(
     [
@@ -237,6 +258,7 @@ TABLES: dict[str, pa.Schema] = {
     "datasets": DATASETS,
     "runs": RUNS,
     "evals": EVALS,
+    "reviews": REVIEWS,
 }
 # Bookkeeping tables the lake manages itself.
 INTERNAL: dict[str, pa.Schema] = {"batches": BATCHES, "meta": META}
