@@ -157,3 +157,22 @@ def test_a_reader_of_a_sqlite_catalog_reads_next_to_the_writer(tmp_path):
             assert reader.query("SELECT count(*) FROM problems").column(0)[0].as_py() == 1
             assert reader._copy is None  # the catalog itself, attached read-only
         writer.commit("problems", [{"problem_id": "b", "problem": "x"}], batch_key="b", run_id="r")
+
+
+def test_a_reader_migrates_an_older_lake_first_and_refuses_a_newer_one(tmp_path):
+    from storage import BadInput, schemas
+
+    store = str(tmp_path / "store")
+    with Lake.open(store) as lake:
+        lake.commit("problems", [{"problem_id": "a", "problem": "x"}], batch_key="a", run_id="r")
+        con = lake.connection()
+        con.execute("DROP TABLE evals")  # as a lake made before `evals` existed
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schemas.SCHEMA_VERSION - 1)])
+    with Lake.open(store, read_only=True) as reader:
+        assert reader.query("SELECT count(*) FROM evals").column(0)[0].as_py() == 0
+        assert reader.query("SELECT count(*) FROM problems").column(0)[0].as_py() == 1
+        assert reader._copy is not None  # it reads a copy, taken after the migration
+    with Lake.open(store) as lake:
+        lake.connection().execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schemas.SCHEMA_VERSION + 1)])
+    with Lake.open(store, read_only=True) as reader, pytest.raises(BadInput, match="newer than this code"):
+        reader.query("SELECT 1")
