@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from storage import Lake
+from tests.storage.test_postgres import catalog as pg_catalog  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -149,8 +150,10 @@ def test_a_reader_keeps_one_snapshot_and_cannot_write(tmp_path):
         assert again.query("SELECT count(*) FROM problems").column(0)[0].as_py() == 2
 
 
-def test_a_reader_of_a_sqlite_catalog_reads_next_to_the_writer(tmp_path):
-    store, catalog = str(tmp_path / "store"), "sqlite:" + str(tmp_path / "c.sqlite")
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_reader_of_a_sqlite_or_postgres_catalog_reads_next_to_the_writer(kind, tmp_path, request):
+    store = str(tmp_path / "store")
+    catalog = "sqlite:" + str(tmp_path / "c.sqlite") if kind == "sqlite" else request.getfixturevalue("pg_catalog")
     with Lake.open(store, catalog) as writer:
         writer.commit("problems", [{"problem_id": "a", "problem": "x"}], batch_key="a", run_id="r")
         with Lake.open(store, catalog, read_only=True) as reader:
