@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -184,17 +183,11 @@ def print_report(r: dict) -> None:
 
 def main() -> int:
     args = parse_args()
-    if args.role == "writer":
-        print(json.dumps(write(args.store, args.seconds)))
+    if args.role:  # one of the two processes a phase starts: its figures as one JSON line
+        print(json.dumps(write(args.store, args.seconds) if args.role == "writer" else read(args.store, args.stop)))
         return 0
-    if args.role == "reader":
-        print(json.dumps(read(args.store, args.stop)))
-        return 0
-    work = Path(tempfile.mkdtemp(prefix="rf-bench-lake-watch-"))
-    try:
-        results = run(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="rf-bench-lake-watch-") as work:
+        results = run(args, Path(work))
     print_report(results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
