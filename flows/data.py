@@ -125,7 +125,7 @@ def sql(
         if output is not None:
             check_output(output)  # a device, link or missing folder fails before the query runs
         _check_limits(timeout)
-        with Lake.open(store, catalog, create=False) as lake:
+        with Lake.open(store, catalog, read_only=True) as lake:  # answers while a run writes
             result = lake.sql(query, timeout_s=timeout, memory_limit=memory_limit)
         write_table(result, format, output, max_rows)
 
@@ -229,7 +229,7 @@ def tables(store: Store = None, catalog: Catalog = None) -> None:
     """List the tables with row and batch counts, and the dataset versions."""
 
     def job() -> None:
-        with Lake.open(store, catalog, create=False) as lake:
+        with Lake.open(store, catalog, read_only=True) as lake:  # one snapshot, while a run writes
             counts = lake.tables()
             snapshot = lake.snapshot_id()
             datasets = lake.list_datasets().to_pylist()
@@ -343,7 +343,7 @@ def export(
             from factory.cards import check_output_folder, write_hf_folder
 
             check_output_folder(output)  # before the lake is read
-            with Lake.open(store, catalog, create=False) as lake:
+            with Lake.open(store, catalog, read_only=True) as lake:
                 with err.status(f"writing {m['name']} to {output}"):
                     info = write_hf_folder(lake, m["name"], version, output, license=license)
             err.print(f"wrote {info['rows']} row(s) of {info['name']}@{info['version']} to {output} "
@@ -356,7 +356,7 @@ def export(
                 err.print(f"pushed to {push}: {url}", markup=False)
             return
         check_output(output)  # a device, link or missing folder fails before the lake is read
-        with Lake.open(store, catalog, create=False) as lake:
+        with Lake.open(store, catalog, read_only=True) as lake:
             ds = lake.dataset(m["name"], version)
             reader = lake.dataset_reader(ds.name, ds.version)
             dropped = None

@@ -496,7 +496,7 @@ def report(
     def job() -> None:
         check_output(output)  # before the lake is read
         try:
-            lake = Lake.open(store, catalog, create=False)
+            lake = Lake.open(store, catalog, read_only=True)  # one snapshot, while a run writes
         except BadInput:
             if target or not metrics:
                 raise

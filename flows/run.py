@@ -214,7 +214,7 @@ def runs(
     """Past runs with their funnel counts."""
 
     def job() -> None:
-        with Lake.open(store, catalog, create=False) as lake:
+        with Lake.open(store, catalog, read_only=True) as lake:  # answers while a run writes
             rows = lake.query(
                 "SELECT run_id, arg_max(status, created_at) AS status, arg_max(counts, created_at) AS counts, "
                 "min(started_at) AS started_at, max(finished_at) AS finished_at, any_value(recipe) AS recipe, "

@@ -16,9 +16,31 @@ snapshot references; `maintain()` deletes them. Many small commits make many sma
 slow every query: `compact()` merges them and expires old snapshots, keeping every snapshot a
 saved dataset version pins.
 
-A DuckDB-file catalog admits one process at a time: another process waits up to
+A DuckDB-file catalog admits one process at a time: another writer waits up to
 `lock_timeout_s` for it, then gets `LakeBusy`. Use a SQLite or PostgreSQL catalog for several
 concurrent writers.
+
+Watching a run (readers of a DuckDB-file catalog, the default): DuckDB holds an exclusive fcntl
+lock on the catalog file for as long as a writer has it attached, and a run keeps it attached for
+hours. A reader (`Lake.open(..., read_only=True)`, and every `sql()`) therefore never attaches
+the file: it copies the file (and its WAL) under a shared fcntl lock, which it can only get while
+no process has the file attached, so the copy holds exactly the committed snapshots, and it
+attaches the copy read-only. To get that moment it announces itself while it waits: it holds a
+shared lock on one byte of `<catalog>.locks` (`_READER_BYTE`). The writer looks for that lock (a
+non-blocking lock test) from a watcher thread every `_WATCH_TICK_S`; when a reader waits, the
+writer DETACHes the catalog at its next rest (the outermost release of the lake's lock, when no
+query or transaction of this process is open: never mid-commit), right away when idle, else
+after the call under way. It keeps its DuckDB engine (starting one took 100-250 ms, an ATTACH
+50-90 ms, on a busy 2-core machine) and attaches again at its next use, once the announced
+readers have their copies (waiting at most `_YIELD_WAIT_S`). Neither side starves: a reader
+announces only while it waits and copies in milliseconds, so the writer waits for nothing else;
+a writer keeps the file at least `_HOLD_S` after each attach, so readers querying back to back
+cost it at most one DETACH and ATTACH per `_HOLD_S`; and a writer committing back to back still
+lets a reader in, at the rest after its commit. A reader so answers within about `_HOLD_S` plus
+one commit plus its own query; a writer of older code, or one busy in one long call (a
+compaction), still makes readers wait, up to `lock_timeout_s`. This keeps the DuckDB file as the
+default catalog (no migration of existing lakes, one file to move); SQLite and PostgreSQL
+catalogs need none of it: their readers attach them read-only, next to the writers.
 
 A store may be moved (`mv`) or copied (`cp -r`; an S3 prefix together with a copy of its
 catalog): the first open from the new place records the new data path in the catalog, so a copy
@@ -29,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import os
@@ -38,6 +61,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +81,12 @@ from .sql import check_confined, confine, parse_select, pin_to_snapshot, run_wit
 _ALIAS = "lake"
 _ROW_GROUP_ROWS = 122_880  # DuckDB's own row group size, so both write paths read alike
 _DIRECT_WRITE_BYTES = 1 << 20  # a batch this big is written by pyarrow whatever its row count (see Lake._direct)
+# Readers of a DuckDB catalog file and the writer holding it (see "Watching a run" above).
+_READER_BYTE = 1 << 22  # byte of <catalog>.locks a waiting reader holds shared; past the key and write locks
+_WATCH_TICK_S = 0.05  # how often a writer looks for waiting readers
+_HOLD_S = 0.5  # a writer keeps the file at least this long after attaching it
+_YIELD_WAIT_S = 1.0  # the longest a writer that let go waits for announced readers before attaching again
+_READER_POLL_S = 0.01  # how often a waiting reader tries the file: a writer lets go within a commit
 
 
 @dataclass(frozen=True)
@@ -135,28 +165,86 @@ def _as_arrow(data: Any) -> pa.Table:
     raise BadInput(f"cannot commit a {type(data).__name__}: expected an Arrow table, polars DataFrame or list of dicts")
 
 
+class _ConnectionLock:
+    """A re-entrant lock whose outermost release first calls `at_rest`: the one moment no
+    caller in this process holds the connection or an open transaction on it."""
+
+    def __init__(self, at_rest):
+        self._lock = threading.RLock()
+        self._depth = 0  # changed only by the owner
+        self._at_rest = at_rest
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        try:
+            if self._depth == 1:
+                self._at_rest()
+        finally:
+            self._depth -= 1
+            self._lock.release()
+
+    def __enter__(self) -> _ConnectionLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _watch_readers(ref: weakref.ref, stop: threading.Event) -> None:
+    """A writer's watcher thread: let waiting readers of the catalog file in (see the top)."""
+    while not stop.wait(_WATCH_TICK_S):
+        lake = ref()
+        if lake is None:
+            return
+        lake._let_readers_in()
+        del lake  # no strong reference while asleep: a dropped lake ends the thread
+
+
 class Lake:
     """One open lake. Thread-safe: calls are serialised on one DuckDB connection."""
 
-    def __init__(self, config: LakeConfig):
+    def __init__(self, config: LakeConfig, *, read_only: bool = False):
         self.config = config
+        self.read_only = read_only
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._lock = threading.RLock()
+        self._lock = _ConnectionLock(self._at_rest)
         self._pg = None  # psycopg connection for advisory locks (PostgreSQL catalogs only)
         self._fs: pafs.FileSystem | None = None  # for batches written by pyarrow
+        # A DuckDB catalog file, written: the engine is kept while the catalog is DETACHed for
+        # readers; see the top of this module.
+        self._detached = False
+        self._attached_at = 0.0
+        self._yield_asked = False
+        self._watcher: threading.Event | None = None  # set to stop the watcher thread
+        self._locks_fd: int | None = None  # <catalog>.locks, open as long as the lake (closing drops our locks)
+        self._fd_guard = threading.Lock()  # the watcher thread uses the descriptor too
+        self._copy: tempfile.TemporaryDirectory | None = None  # a reader's catalog copy
+        self._copy_file: str | None = None
 
     # -- opening and closing -----------------------------------------------------------
 
     @classmethod
     def open(
-        cls, store: str | None = None, catalog: str | None = None, *, create: bool = True, **settings: Any
+        cls, store: str | None = None, catalog: str | None = None, *, create: bool = True, read_only: bool = False,
+        **settings: Any,
     ) -> Lake:
         """Open the lake at `store` (see `LakeConfig` for the forms), creating it unless
         `create=False`, in which case a missing lake is a `BadInput`. The catalog is attached
-        lazily, at the first call that needs it."""
-        lake = cls(LakeConfig.resolve(store, catalog, **settings))
+        lazily, at the first call that needs it.
+
+        `read_only=True` (implies `create=False`): for commands that only read. It reads the
+        latest committed snapshot as of its first query, and every later query reads that
+        same snapshot; it never waits for a run writing to a DuckDB catalog file for longer
+        than the run takes to let go (see the top of this module). It cannot write."""
+        lake = cls(LakeConfig.resolve(store, catalog, **settings), read_only=read_only)
         cfg = lake.config
-        if not create and cfg.catalog_file and not Path(cfg.catalog_file).exists():
+        if (not create or read_only) and cfg.catalog_file and not Path(cfg.catalog_file).exists():
             raise BadInput(f"no lake at {cfg.describe()}: the catalog file does not exist (ingest something first, or check --store/--catalog)")
         return lake
 
@@ -168,20 +256,162 @@ class Lake:
 
     def close(self) -> None:
         with self._lock:
+            if self._watcher is not None:
+                self._watcher.set()
+                self._watcher = None
             if self._con is not None:
                 self._con.close()
                 self._con = None
+                self._detached = False
             if self._pg is not None:
                 self._pg.close()
                 self._pg = None
+            if self._copy is not None:
+                self._copy.cleanup()
+                self._copy = self._copy_file = None
+            with self._fd_guard:
+                if self._locks_fd is not None:
+                    os.close(self._locks_fd)
+                    self._locks_fd = None
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The lake's DuckDB connection (attached as `lake` and in use), opened on first need."""
         with self._lock:
+            if self._con is not None and self._detached:
+                self._attach_again()
             if self._con is None:
-                self._con = self._attach(read_only=False)
-                self._ensure_schema(self._con)
+                if self.read_only:
+                    self._con = self._attach_reader()
+                else:
+                    self._con = self._attach(read_only=False)
+                    self._ensure_schema(self._con)
+                    self._watch()
+                self._attached_at = time.monotonic()
             return self._con
+
+    # -- readers of a DuckDB catalog file, and the writer that lets them in ---------------
+
+    def _attach_reader(self) -> duckdb.DuckDBPyConnection:
+        """A read-only connection for a `read_only` lake: on a copy of a DuckDB catalog file,
+        on the catalog itself otherwise. A lake whose schema is older than this code is
+        attached for writing instead, so that it is migrated first (it waits for a writer)."""
+        cfg = self.config
+        for migrated in (False, True):
+            if cfg.catalog_kind == "duckdb":
+                self._copy = tempfile.TemporaryDirectory(prefix="factory-read-")
+                self._copy_file = self._copy_catalog(self._copy.name)
+            con = self._attach(read_only=True, catalog_copy=self._copy_file)
+            version = None
+            if set(schemas.ALL_TABLES) <= self._table_names(con):
+                row = con.execute(f"SELECT value FROM {_ALIAS}.meta WHERE key = 'schema_version'").fetchone()
+                version = int(row[0]) if row else None
+            if version is not None and version > schemas.SCHEMA_VERSION:
+                con.close()
+                raise BadInput(
+                    f"the lake at {cfg.describe()} has schema version {version}, newer than this "
+                    f"code's {schemas.SCHEMA_VERSION}: upgrade reasoning-factory"
+                )
+            if migrated or (version is not None and version == schemas.SCHEMA_VERSION):
+                return con
+            con.close()
+            if self._copy is not None:
+                self._copy.cleanup()
+                self._copy = self._copy_file = None
+            writer = self._attach(read_only=False)
+            try:
+                self._ensure_schema(writer)
+            finally:
+                writer.close()
+        raise AssertionError("unreachable")
+
+    def _lock_file(self) -> int | None:
+        """This lake's descriptor of `<catalog>.locks` (None when it cannot be opened: a
+        reader without write access to the store), kept open until `close()`."""
+        if self._locks_fd is None:
+            path = f"{self.config.catalog_file}.locks"
+            for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+                with contextlib.suppress(OSError):
+                    self._locks_fd = os.open(path, flags, 0o644)
+                    break
+        return self._locks_fd
+
+    def _readers_waiting(self) -> bool:
+        """Whether a reader in another process announced that it waits for the catalog file:
+        a non-blocking test of an exclusive lock on `_READER_BYTE`, released at once."""
+        with self._fd_guard:
+            fd = self._locks_fd
+            if fd is None:
+                return False
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _READER_BYTE)
+            except OSError as exc:
+                return exc.errno in (errno.EACCES, errno.EAGAIN)  # else (say a read-only descriptor): cannot tell
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, _READER_BYTE)
+            return False
+
+    @contextlib.contextmanager
+    def _announced(self) -> Iterator[None]:
+        """Hold a shared lock on `_READER_BYTE` (the sign a writer yields to) while inside."""
+        fd = self._lock_file()
+        if fd is None:
+            yield
+            return
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, _READER_BYTE)  # waits only on a writer's lock test (microseconds)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, _READER_BYTE)
+
+    def _watch(self) -> None:
+        """Start the watcher thread of a writer holding a DuckDB catalog file (once per lake)."""
+        if self.config.catalog_kind != "duckdb" or self._watcher is not None or self._lock_file() is None:
+            return
+        self._watcher = threading.Event()
+        threading.Thread(
+            target=_watch_readers, args=(weakref.ref(self), self._watcher), name="lake-readers", daemon=True
+        ).start()
+
+    def _let_readers_in(self) -> None:
+        """The watcher's tick: when a reader waits, ask for a DETACH at the next rest, and
+        make that rest now when the connection is idle."""
+        if self._con is None or self._detached or time.monotonic() - self._attached_at < _HOLD_S:
+            return
+        if not self._readers_waiting():
+            return
+        self._yield_asked = True
+        if self._lock.acquire(blocking=False):
+            self._lock.release()  # the outermost release: _at_rest lets go
+
+    def _at_rest(self) -> None:
+        """Called at the outermost release of the lake's lock: DETACH the catalog file when a
+        reader asked for it, keeping the engine for `_attach_again`."""
+        if not self._yield_asked:
+            return
+        self._yield_asked = False
+        self._detach()
+
+    def _detach(self) -> None:
+        """Let go of a DuckDB catalog file this lake holds for writing (the engine stays)."""
+        if self._con is None or self._detached or self.read_only or self.config.catalog_kind != "duckdb":
+            return
+        try:
+            self._con.execute("USE memory")
+            self._con.execute(f"DETACH {_ALIAS}")
+            self._detached = True
+        except duckdb.Error:
+            self._con.close()  # an engine that cannot detach lets go of the file by closing
+            self._con = None
+
+    def _attach_again(self) -> None:
+        """ATTACH the catalog file again on the kept engine, once the readers that announced
+        themselves have their copies (or after `_YIELD_WAIT_S`: a stream of readers cannot
+        keep the writer out)."""
+        deadline = time.monotonic() + _YIELD_WAIT_S
+        while self._readers_waiting() and time.monotonic() < deadline:
+            time.sleep(_READER_POLL_S / 2)
+        self._attach(read_only=False, engine=self._con)
+        self._detached = False
+        self._attached_at = time.monotonic()
 
     def _engine(self) -> duckdb.DuckDBPyConnection:
         cfg = self.config
@@ -212,9 +442,12 @@ class Lake:
         )
         con.execute(f"CREATE OR REPLACE SECRET factory_s3 (TYPE s3, {body})")
 
-    def _attach(self, read_only: bool, catalog_copy: str | None = None) -> duckdb.DuckDBPyConnection:
+    def _attach(
+        self, read_only: bool, catalog_copy: str | None = None, engine: duckdb.DuckDBPyConnection | None = None
+    ) -> duckdb.DuckDBPyConnection:
         """The lake attached on a fresh engine; `catalog_copy`: a copy of a DuckDB catalog file
-        to attach instead of the file itself (read-only)."""
+        to attach instead of the file itself (read-only); `engine`: an engine to attach on
+        again (the catalog was detached for readers; its data path was adopted before)."""
         cfg = self.config
         try:
             if cfg.catalog_file and not read_only:
@@ -242,21 +475,23 @@ class Lake:
         deadline = time.monotonic() + cfg.lock_timeout_s
         delay = 0.05
         while True:
-            con = self._engine()
+            con = engine or self._engine()
             try:
                 con.execute(statement)
                 con.execute(f"USE {_ALIAS}")
-                if self._adopt_data_path(con, read_only):
+                if engine is None and self._adopt_data_path(con, read_only):
                     con.close()  # attach again, so DuckLake reads the rewritten paths
                     continue
                 return con
             except BaseException as exc:
-                con.close()
+                if engine is None:
+                    con.close()
                 if not isinstance(exc, duckdb.Error):
                     raise
                 if (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline:
                     time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 1.0)
+                    # At most 0.25 s: the holder may be a reader taking its copy (milliseconds).
+                    delay = min(delay * 2, 0.25)
                     continue
                 if _is_lock_error(exc):
                     raise LakeBusy(
@@ -741,11 +976,13 @@ class Lake:
         with contextlib.ExitStack() as scope:
             catalog = None
             with self._lock:
-                if cfg.catalog_kind == "duckdb":
+                if cfg.catalog_kind == "duckdb" and self._copy_file is not None:
+                    catalog = self._copy_file  # a reader's own copy: the snapshot its other queries read
+                elif cfg.catalog_kind == "duckdb":
                     folder = scope.enter_context(tempfile.TemporaryDirectory(prefix="factory-sql-"))
                     # Our own writer first: it holds the file, and closing any descriptor of a
                     # file drops this process's locks on it (POSIX).
-                    self.close()
+                    self._detach()
                     catalog = self._copy_catalog(folder)
                 con = self._attach(read_only=True, catalog_copy=catalog)
             scope.callback(con.close)
@@ -756,39 +993,39 @@ class Lake:
             yield con
 
     def _copy_catalog(self, folder: str) -> str:
-        """Copy the DuckDB catalog file (and its WAL) into `folder` under a shared lock; wait up
-        to `lock_timeout_s` for a writer in another process, then `LakeBusy`."""
+        """Copy the DuckDB catalog file (and its WAL) into `folder` under a shared lock,
+        announced to the writer holding the file (see the top of this module); wait up to
+        `lock_timeout_s` for it, then `LakeBusy`."""
         source = self.config.catalog_file
         if not Path(source).exists():
             raise BadInput(f"no lake at {self.config.describe()}: the catalog does not exist yet")
         target = str(Path(folder) / Path(source).name)
         deadline = time.monotonic() + self.config.lock_timeout_s
-        delay = 0.05
-        fd = os.open(source, os.O_RDONLY)
-        try:
-            while True:
-                try:
-                    # DuckDB locks the whole file with fcntl: a shared lock keeps writers out.
-                    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.monotonic() >= deadline:
-                        raise LakeBusy(
-                            f"the catalog {source} is held by another process (waited "
-                            f"{self.config.lock_timeout_s:g} s); retry later, or use a sqlite: or "
-                            "postgresql:// catalog for several writers"
-                        ) from None
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 1.0)
-            # Read through the locked descriptor: closing any other descriptor of the file
-            # would drop the lock (POSIX).
-            with open(target, "wb") as out:
-                while chunk := os.read(fd, 1 << 20):
-                    out.write(chunk)
-            if Path(source + ".wal").exists():
-                shutil.copyfile(source + ".wal", target + ".wal")
-        finally:
-            os.close(fd)  # drops the lock
+        with self._announced():
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                while True:
+                    try:
+                        # DuckDB locks the whole file with fcntl: a shared lock keeps writers out.
+                        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        break
+                    except OSError:
+                        if time.monotonic() >= deadline:
+                            raise LakeBusy(
+                                f"the catalog {source} is held by another process (waited "
+                                f"{self.config.lock_timeout_s:g} s); retry later, or use a sqlite: or "
+                                "postgresql:// catalog for several writers"
+                            ) from None
+                        time.sleep(_READER_POLL_S * (0.5 + random.random()))
+                # Read through the locked descriptor: closing any other descriptor of the file
+                # would drop the lock (POSIX).
+                with open(target, "wb") as out:
+                    while chunk := os.read(fd, 1 << 20):
+                        out.write(chunk)
+                if Path(source + ".wal").exists():
+                    shutil.copyfile(source + ".wal", target + ".wal")
+            finally:
+                os.close(fd)  # drops the lock; then the announcement ends, and the writer goes on
         return target
 
     # -- maintenance -------------------------------------------------------------------
