@@ -255,6 +255,10 @@ def commit(self, t, data, **kw):
         os.kill(os.getpid(), signal.SIGKILL)
     return out
 lake_mod.Lake.commit = commit
+# Group commit would put this run's 48 samples in one batch: small batches, so that a kill
+# at the 2nd samples commit lands in the middle of sampling.
+import factory.sampler
+factory.sampler.sample_teacher.__kwdefaults__["commit_every"] = 8
 from flows.pipeline import factory_run
 factory_run(sys.argv[1], store=sys.argv[5])
 """
@@ -425,3 +429,4 @@ def test_truncated_samples_are_retried_verified_and_counted(prefect_api, tmp_pat
         again = factory_run(str(recipe), store=store)
         assert len(server.completion_requests()) == before and again["sent_this_attempt"] == 0
         assert again["truncation"] == summary["truncation"]
+
