@@ -197,6 +197,17 @@ class BudgetSpec(_Strict):
     max_usd: float | None = Field(None, gt=0)
 
 
+class CompactionSpec(_Strict):
+    """The lake's automatic compaction during a run (storage Lake.compact_if): at each stage's
+    end and after the sampler's commits, when the current snapshot reads more than `max_files`
+    data files, small files are merged and snapshots older than `keep_s` expired (except those a
+    dataset version pins). Operational only: left out of the recipe hash at its defaults."""
+
+    max_files: int = Field(512, ge=0, description="data files that trigger a compaction (0: never automatically)")
+    keep_s: float = Field(3600.0, ge=0, le=366 * _DAY_S, description="snapshots younger than this stay for time travel; "
+                          "files merged away stay this long for readers in flight")
+
+
 class TruncationSpec(_Strict):
     """Ask once more for a sample cut at max_tokens (finish_reason `length`): the same prompt and
     sample index with max_tokens times `retry_max_tokens_factor`, at most `max_tokens_cap`. Both
@@ -237,6 +248,7 @@ class Recipe(_Strict):
     verify_timeout_s: float = Field(10.0, gt=0, le=_DAY_S)
     sandbox_workers: int = Field(2, ge=1, le=1024, description="code sandboxes run at once")
     task_runner: RunnerSpec = Field(default_factory=RunnerSpec)
+    compaction: CompactionSpec = Field(default_factory=CompactionSpec)
 
     @field_validator("verify")
     @classmethod
@@ -256,7 +268,8 @@ class Recipe(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
-        return omit(handler(self), truncation=self.truncation is None)  # a recipe written before `truncation` keeps its hash
+        # A recipe written before `truncation` or `compaction` keeps its hash.
+        return omit(handler(self), truncation=self.truncation is None, compaction=self.compaction == CompactionSpec())
 
     @model_validator(mode="after")
     def _filter_config(self) -> Recipe:

@@ -54,13 +54,14 @@ from prefect.utilities.annotations import quote
 from factory import funnel, stages
 from factory.dedup import dedup_lake
 from factory.preview import measure, preview_problems, project
-from factory.recipe import Recipe, load_recipe, recipe_hash
+from factory.recipe import CompactionSpec, Recipe, load_recipe, recipe_hash
 from factory.rounds import RoundState
 from factory.sampler import Budget, Escalation, SamplingStats, sample_teacher
 from factory.teachers import RequestGroup, make_teacher
 from factory.yaml_config import read_yaml_text
 from storage import Lake, LakeBusy, schemas
 from storage.errors import FactoryError
+from storage.lake import Compaction
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,9 @@ def decontaminate(lake: Lake, recipe: Recipe, new: list[dict], run_id: str) -> i
 
 @task(name="sample", cache_policy=NO_CACHE)
 def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id: str, budget: Budget | None,
-           escalation: Escalation | None = None) -> SamplingStats:
+           escalation: Escalation | None = None, compaction: CompactionSpec | None = None) -> SamplingStats:
+    """One sampling round; with `compaction`, its check runs after each of the sampler's commits
+    (in the commit thread), so a long round keeps the lake's file count bounded too."""
     seen = [0]
 
     def tick(stats: SamplingStats) -> None:
@@ -191,7 +194,8 @@ def sample(lake: Lake, loop: _Loop, teacher, groups: list[RequestGroup], run_id:
         seen[0] = stats.received
 
     return loop.run(sample_teacher(lake, teacher, groups, run_id=run_id, budget=budget, escalation=escalation,
-                                   on_progress=tick, spill_dir=_spill_dir(lake)))
+                                   on_progress=tick, spill_dir=_spill_dir(lake),
+                                   after_commit=compaction and (lambda: compact_due(lake, compaction))))
 
 
 # A verdicts row as verify_samples makes it (the lake adds run_id and created_at).
@@ -304,6 +308,20 @@ def dataset(lake: Lake, recipe: Recipe, sql: str, run_id: str, rhash: str) -> di
 
 def _open_lake(store: str | None, catalog: str | None) -> Lake:
     return Lake.open(store, catalog, create=True)
+
+
+def compact_due(lake: Lake, spec: CompactionSpec) -> Compaction | None:
+    """The recipe's automatic compaction (Lake.compact_if): cheap when nothing is due (one
+    catalog count). Housekeeping: a failure is logged and the run goes on (`factory maintain
+    --compact` does it later)."""
+    try:
+        done = lake.compact_if(spec.max_files, older_than=dt.timedelta(seconds=spec.keep_s))
+    except Exception:
+        log.warning("automatic compaction failed; the run goes on", exc_info=True)
+        return None
+    if done is not None:
+        log.info("compacted the lake: %d -> %d data files, %d snapshots expired", done.files_before, done.files_after, done.snapshots_expired)
+    return done
 
 
 def _spill_dir(lake: Lake) -> str:
@@ -548,15 +566,19 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
                 dedup(lake, recipe, run_id, "problems")
             eligible = eligible_problems(lake, problems)
             s.note = f"{len(problems) - len(eligible)} dropped (benchmark hits or duplicates)"
+        compact_due(lake, recipe.compaction)  # at each stage's end: between stages nothing else writes
         sampled = preview_problems(eligible, preview) if preview else eligible
         rounds = RoundState(recipe, {p["problem_id"]: p for p in sampled}, teacher.config)
         seconds.update(sample=0.0, verify=0.0)  # shown even when no round runs
         while groups := rounds.plan():  # sample -> verify + filter, more rounds when adaptive sampling is on
             with stage("sample", seconds, sum(len(g.sample_indices) for g in groups)) as s:
-                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget(), rounds.escalation()))
+                s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget(), rounds.escalation(),
+                                               recipe.compaction))
+            compact_due(lake, recipe.compaction)
             with stage("verify", seconds, start=False) as s:
                 verify_planned(run, s, rounds)
                 s.note = rounds.close_round()
+            compact_due(lake, recipe.compaction)
         if rounds.incomplete(missing := missing_keys(lake, rounds)):
             run.record("incomplete", summarize(lake, sampled, rounds, seconds))
             raise RunIncomplete(rounds.missing_message(run_id, missing))
@@ -568,11 +590,13 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         with stage("dedup", seconds) as s:  # the accepted samples, against every run's
             dd = dedup(lake, recipe, run_id, "samples", quote(sorted(rounds.accepted)))
             s.note = f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept"
+        compact_due(lake, recipe.compaction)
         with stage("dataset", seconds) as s:
             scope = {"teacher": teacher.config.name, "sources": sorted({p.get("source") or "" for p in problems})}
             sql = stages.dataset_sql(recipe, **scope)
             ds = {**dataset(lake, recipe, sql, run_id, run.rhash), "scope": stages.dataset_scope(**scope)}
             s.note = f"{ds['name']} v{ds['version']}: {ds['rows']} rows"
+        compact_due(lake, recipe.compaction)
         summary = {**summarize(lake, eligible, rounds, seconds, ds), "run_id": run_id, "problems_dropped": len(problems) - len(eligible)}
         run.record("finished", summary)
         _artifact(recipe, summary)

@@ -120,6 +120,16 @@ def test_a_recipe_written_before_give_up_after_s_keeps_its_hash(tmp_path):
         load_recipe(write(tmp_path, EXAMPLE.replace("  model: deepseek-r1\n", "  model: deepseek-r1\n  give_up_after_s: 0\n")))
 
 
+def test_compaction_left_at_its_defaults_keeps_the_hash(tmp_path):
+    # The same pinned hash as above, from before `compaction`: unset or spelled at its defaults.
+    for extra in ("", "compaction: {max_files: 512, keep_s: 3600}\n"):
+        assert recipe_hash(load_recipe(write(tmp_path, EXAMPLE + extra))) == "ad1485652b42a8d088dabeb526480998"
+    changed = load_recipe(write(tmp_path, EXAMPLE + "compaction: {max_files: 0}\n"))
+    assert changed.compaction.max_files == 0 and recipe_hash(changed) != "ad1485652b42a8d088dabeb526480998"
+    with pytest.raises(BadInput, match=r"compaction.max_files: Input should be greater than or equal to 0"):
+        load_recipe(write(tmp_path, EXAMPLE + "compaction: {max_files: -1}\n"))
+
+
 # Hashes of the shipped recipes computed before `truncation` existed: a run of an unchanged recipe
 # resumes (the run id is found by recipe hash) and its dataset keeps its recipe hash.
 SHIPPED_HASHES = {"quickstart": "d9b3048c3398a09655f1a61880dd46d4", "r1_math_vllm": "d5a7350d53d1152340ff86f80cc57186",
@@ -164,7 +174,7 @@ def test_docs_recipes_names_every_key():
 
     doc = (ROOT / "docs" / "recipes.md").read_text()
     models = [recipe.Recipe, recipe.TeacherSpec, recipe.PromptSpec, recipe.AdaptiveSpec, recipe.DecontaminateSpec,
-              recipe.DedupSpec, recipe.DatasetSpec, recipe.BudgetSpec, recipe.TruncationSpec, recipe.RunnerSpec, Sampling,
+              recipe.DedupSpec, recipe.DatasetSpec, recipe.BudgetSpec, recipe.TruncationSpec, recipe.RunnerSpec, recipe.CompactionSpec, Sampling,
               questions.SeedSource, questions.GeneratorSource, questions.TeacherWrittenSource]
     missing = []
     for m in models:

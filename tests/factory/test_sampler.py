@@ -125,10 +125,13 @@ def test_budget_stops_new_requests_cleanly(lake):
         plan_requests(CONFIG, PROBLEMS, Sampling(), samples_per_problem=0)
 
 
-def test_small_commits_as_samples_arrive(lake):
+def test_commits_as_samples_arrive_in_groups(lake):
     stats = run(lake, ScriptedTeacher(concurrency=1), commit_every=4)
     sizes = lake.query("SELECT row_count FROM batches WHERE table_name = 'samples' ORDER BY created_at").column(0).to_pylist()
-    assert stats.committed == 18 and sizes == [6, 6, 6]  # a flush as soon as 4 or more wait
+    # A commit starts once 4 or more wait and takes all that arrived while the last one ran;
+    # only the flush at the end may be smaller.
+    assert stats.committed == 18 and sum(sizes) == 18 and len(sizes) >= 2
+    assert all(n >= 4 for n in sizes[:-1])
 
 
 def test_received_samples_are_spilled_when_the_lake_fails(lake, tmp_path, monkeypatch):

@@ -255,6 +255,10 @@ def commit(self, t, data, **kw):
         os.kill(os.getpid(), signal.SIGKILL)
     return out
 lake_mod.Lake.commit = commit
+# Group commit would put this run's 48 samples in one batch: small batches, so that a kill
+# at the 2nd samples commit lands in the middle of sampling.
+import factory.sampler
+factory.sampler.sample_teacher.__kwdefaults__["commit_every"] = 8
 from flows.pipeline import factory_run
 factory_run(sys.argv[1], store=sys.argv[5])
 """
@@ -425,3 +429,32 @@ def test_truncated_samples_are_retried_verified_and_counted(prefect_api, tmp_pat
         again = factory_run(str(recipe), store=store)
         assert len(server.completion_requests()) == before and again["sent_this_attempt"] == 0
         assert again["truncation"] == summary["truncation"]
+
+
+def test_automatic_compaction_keeps_every_dataset_version_export_byte_identical(prefect_api, server, tmp_path, cli):
+    """Three runs, each adding problems and a dataset version, with a compaction threshold so low
+    that it triggers at stage ends and after sampler commits, and snapshots expire at once
+    (keep_s: 0): every version's `factory export` stays byte for byte what it was, and the
+    data files the lake reads stay bounded."""
+    from flows.pipeline import factory_run
+
+    store = tmp_path / "store"  # the cli fixture's FACTORY_STORE
+    exports: dict[str, bytes] = {}
+    files, snapshots = [], []
+    for run, n in enumerate((4, 8, 12)):
+        recipe = write_recipe(tmp_path, server.url, n=n, contaminated=False, extra="compaction: {max_files: 2, keep_s: 0}\n")
+        summary = factory_run(str(recipe), store=str(store))
+        assert summary["dataset"]["version"] == run + 1
+        for v in range(1, run + 2):
+            for fmt in ("jsonl", "parquet"):
+                out = tmp_path / f"v{v}.{fmt}"
+                assert cli("export", f"flowtest@{v}", "--format", fmt, "--output", str(out)).exit_code == 0
+                assert exports.setdefault(f"{v}.{fmt}", out.read_bytes()) == out.read_bytes(), f"v{v} {fmt} after run {run}"
+        with Lake.open(str(store), create=False) as lake:
+            files.append(lake.data_files())
+            snapshots.append(lake.query("SELECT count(*) AS n FROM ducklake_snapshots('lake')").column("n")[0].as_py())
+            commits = lake.query("SELECT count(*) AS n FROM batches").column("n")[0].as_py()
+    # Bounded: after the first compaction (one file per table is the floor), each run's files
+    # are merged whenever they pass the threshold (2). Without compaction: 3 more per run.
+    assert max(files[1:]) <= files[0] + 2, files
+    assert snapshots[-1] < commits / 2, (snapshots, commits)  # expired at once (keep_s: 0), the 3 pinned ones kept

@@ -103,3 +103,38 @@ def test_compaction_keeps_young_snapshots_and_the_files_merged_away(store):
 def test_compaction_of_a_missing_lake_is_bad_input(store):
     with pytest.raises(BadInput, match="no lake at"):
         Lake.open(str(store), create=False).compact()
+
+
+def test_compact_if_keeps_the_file_count_bounded_over_many_commits(store):
+    with Lake.open(str(store), data_inlining_row_limit=0) as lake:
+        counts, done = [], []
+        for b in range(80):
+            lake.commit("problems", batch(b), batch_key=f"k{b}", run_id="r")
+            if b == 30:
+                lake.save_dataset("mid", "SELECT * FROM problems")
+                pinned = lake.read_dataset("mid", 1)
+            d = lake.compact_if(10, older_than=dt.timedelta(0))
+            if d is not None:
+                done.append(d)
+            counts.append(lake.data_files())
+        floor = min(d.files_after for d in done)
+        assert floor <= 4  # problems, batches, datasets, meta
+        # Never more than what the last compaction left plus the threshold (a commit adds 2).
+        assert max(counts) <= 4 + 10 + 2 and len(done) >= 80 * 2 // (4 + 10 + 2)  # without: 2 files per commit, 160
+        assert sum(d.snapshots_expired for d in done) > 60 and done[-1].snapshots_pinned == 1
+        assert lake.read_dataset("mid", 1) == pinned
+        assert lake.query("SELECT count(*) AS n FROM problems").column("n")[0].as_py() == 80 * ROWS
+
+
+def test_compact_if_does_nothing_below_the_threshold_and_does_not_repeat_on_unmergeable_files(store):
+    with Lake.open(str(store), data_inlining_row_limit=0) as lake:
+        for b in range(10):
+            lake.commit("problems", batch(b), batch_key=f"k{b}", run_id="r")
+        files = lake.data_files()
+        assert lake.compact_if(files) is None and lake.compact_if(0) is None  # at the threshold; 0: never
+        assert lake.data_files() == files
+        first = lake.compact_if(1, older_than=dt.timedelta(0))  # below the floor of one file per table
+        assert first is not None and 1 < first.files_after < files
+        assert lake.compact_if(1, older_than=dt.timedelta(0)) is None  # what it left does not trip it again
+        lake.commit("problems", batch(99), batch_key="k99", run_id="r")  # +2 files: past what it left + 1
+        assert lake.compact_if(1, older_than=dt.timedelta(0)) is not None

@@ -131,3 +131,85 @@ def test_a_held_duckdb_catalog_gives_a_clear_retryable_error(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "LakeBusy" in proc.stderr and "held by another process" in proc.stderr
+
+
+# Commits batches `first..last` of 3 rows, then compacts with older_than=0; `kill_at` (an
+# ordinal of Lake._retry, the transactions of compact: 1 the merge, 2 the expiry) SIGKILLs the
+# process right after that step, "timed" leaves it to the parent's clock.
+COMPACTOR = textwrap.dedent(
+    """
+    import datetime as dt, os, signal, sys
+    from storage import Lake
+    store, first, last, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    lake = Lake.open(store, data_inlining_row_limit=0)
+    for b in range(first, last):
+        lake.commit("problems", [{"problem_id": f"c{b}-{i}", "problem": "y" * 200, "source": f"c{b}"} for i in range(3)],
+                    batch_key=f"c{b}", run_id="c")
+    if kill_at != "timed":
+        real, calls = Lake._retry, [0]
+        def retry(self, fn, what):
+            out = real(self, fn, what)
+            calls[0] += 1
+            if calls[0] == int(kill_at):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        Lake._retry = retry
+    print("compacting", flush=True)
+    lake.compact(older_than=dt.timedelta(0))
+    print("compacted", flush=True)
+    """
+)
+
+
+def test_sigkill_during_compaction_keeps_datasets_ledger_and_time_travel(tmp_path):
+    import datetime as dt
+
+    store = str(tmp_path / "store")
+    with Lake.open(store, data_inlining_row_limit=0) as lake:
+        for b in range(30):
+            lake.commit("problems", [{"problem_id": f"p{b}-{i}", "problem": "x" * 200, "source": f"p{b}"} for i in range(3)],
+                        batch_key=f"p{b}", run_id="w")
+            if b in (10, 20):
+                lake.save_dataset("ds", "SELECT * FROM problems")  # no ORDER BY: file order shows
+        pinned = {v: lake.dataset("ds", v).snapshot_id for v in (1, 2)}
+        want = {v: lake.read_dataset("ds", v) for v in (1, 2)}
+        want_at = {v: lake.query(f"SELECT * FROM problems AT (VERSION => {s})") for v, s in pinned.items()}
+
+    def same(lake: Lake) -> None:
+        for v in (1, 2):
+            assert lake.read_dataset("ds", v) == want[v]
+            assert lake.query(f"SELECT * FROM problems AT (VERSION => {pinned[v]})") == want_at[v]
+        check_whole_batches(lake)
+
+    landed = 0
+    trials = ["1", "2", "timed", "timed", "timed"]  # after the merge, after the expiry, somewhere inside
+    for trial, kill_at in enumerate(trials):
+        proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, store, str(100 + 20 * trial), str(120 + 20 * trial), kill_at],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "compacting"
+        if kill_at == "timed":
+            time.sleep(0.05 + 0.15 * (trial - 2))
+            proc.send_signal(signal.SIGKILL)
+        rest, errs = proc.communicate(timeout=120)
+        if proc.returncode == -9:
+            landed += "compacted" not in rest
+        else:
+            assert proc.returncode == 0, errs
+        with Lake.open(store, data_inlining_row_limit=0) as lake:
+            same(lake)  # whatever step the kill cut, every version and batch reads as before
+    assert landed >= 2, "no kill landed inside compact()"
+
+    with Lake.open(store, data_inlining_row_limit=0) as lake:
+        lake.maintain(older_than=dt.timedelta(0))  # the killed merges' files
+        done = lake.compact(older_than=dt.timedelta(0))  # finishes what the killed ones left
+        same(lake)
+        assert done.files_after <= 4
+        keep = referenced_files(lake)
+        for table in ("problems", "batches", "meta", "datasets"):
+            for s in pinned.values():
+                keep |= {os.path.realpath(p) for p in lake.query(
+                    f"SELECT data_file FROM ducklake_list_files('lake', '{table}', snapshot_version => {s})").column(0).to_pylist()}
+        keep |= {os.path.realpath(p) for p in lake.query("SELECT data_file FROM ducklake_list_files('lake', 'datasets')").column(0).to_pylist()}
+        assert files_on_disk(store) == keep  # no orphan left, nothing read was deleted
+        assert lake.query("SELECT count(*) AS n FROM problems").column("n")[0].as_py() == 3 * (30 + sum(
+            1 for _ in lake.query("SELECT 1 FROM batches WHERE run_id = 'c'").to_pylist()))
