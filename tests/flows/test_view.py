@@ -3,11 +3,17 @@ a fixture lake, unknown ids are 404, bad parameters 400 with a message naming th
 confined, reviews land in the `reviews` table, the draw is seeded, the server binds 127.0.0.1 by
 default, and `factory export --drop-reviewed-bad` leaves reviewed-bad rows out."""
 
+import contextlib
 import html
 import json
 import re
 import socket
+import subprocess
+import sys
+import textwrap
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -16,8 +22,9 @@ from typer.testing import CliRunner
 from flows import view as view_mod
 from flows.cli import app
 from flows.view import View, build_app, check_host, draw_sample
-from storage import BadInput, Lake
+from storage import BadInput, Lake, LakeBusy
 
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"
 RUN = "run-v"
@@ -245,16 +252,146 @@ def test_the_server_binds_127_0_0_1_unless_told(monkeypatch, tmp_path):
     assert busy.exit_code == 2 and "cannot listen there" in busy.output and "expected a free port" in busy.output
 
 
-def test_the_view_keeps_no_lock_on_a_duckdb_catalog_between_requests(tmp_path):
+# A run as the lake sees it: batches of ROWS samples, each under a run id of its own (w000, w001,
+# ...), committed back to back with a short pause, each announced, until stdin closes.
+ROWS = 8
+ANSWER_S = 5.0  # "within a few seconds": a reader waits for the writer's rest, then copies and attaches
+WRITER = textwrap.dedent(
+    f"""
+    import sys, threading, time
+    from storage import Lake
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    with Lake.open(sys.argv[1]) as lake:
+        b = 0
+        while not stop.is_set() or b < 3:
+            run = f"w{{b:03d}}"
+            rows = [{{"sample_id": f"{{run}}-{{i}}", "problem_id": "p0", "teacher": "t", "reasoning": "r" * 2000, "answer": str(i)}}
+                    for i in range({ROWS})]
+            assert lake.commit("samples", rows, batch_key=run, run_id=run).committed
+            print(b + 1, flush=True)
+            b += 1
+            time.sleep(0.02)
+    print("done", b, flush=True)
+    """
+)
+
+
+@contextlib.contextmanager
+def a_run_writing(store):
+    """A writer process committing batches to `store` (holding its DuckDB catalog file) while
+    inside; yields a function giving the number of batches committed so far. On the way out the
+    writer is stopped, and every batch it announced must be in the lake exactly once."""
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(writer.stdout), daemon=True).start()
+
+    def committed() -> int:
+        return max((int(x) for x in list(lines) if x.strip().isdigit()), default=0)
+
+    try:
+        deadline = time.monotonic() + 120
+        while committed() < 1:
+            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read() if writer.poll() is not None else "slow"
+            time.sleep(0.05)
+        yield committed
+        assert writer.poll() is None, "the writer stopped while the view read: " + writer.stderr.read()
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=120)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert lines[-1].startswith("done")
+    done = int(lines[-1].split()[1])
+    with Lake.open(str(store), read_only=True) as lake:
+        ledger = lake.query("SELECT batch_key FROM batches WHERE table_name = 'samples' AND batch_key LIKE 'w%'").column(0).to_pylist()
+        assert sorted(ledger) == [f"w{b:03d}" for b in range(done)]  # every batch once, none lost
+        assert lake.query("SELECT count(*) FROM samples WHERE run_id LIKE 'w%'").column(0)[0].as_py() == done * ROWS
+
+
+def _timed_get(client, path, **kw):
+    t = time.perf_counter()
+    r = client.get(path, **kw)
+    took = time.perf_counter() - t
+    assert took < ANSWER_S, (path, took)
+    return r
+
+
+@pytest.mark.integration
+def test_pages_answer_and_show_new_rows_while_a_run_writes_the_store(tmp_path):
+    store = tmp_path / "store"
+    build_view_lake(store)
+    refresh_s = 0.5
+    with a_run_writing(store) as committed:
+        at_start = committed()
+        with TestClient(build_app(View(Lake.open(str(store), create=False), refresh_s=refresh_s))) as c:
+            first = _timed_get(c, "/samples")
+            assert first.status_code == 200 and "s00" in first.text
+            for path in ("/", "/samples"):  # each page, a while after the reader before it: rows committed since show
+                while committed() < at_start + 2:
+                    time.sleep(0.05)
+                time.sleep(refresh_s)
+                newest = f"w{committed() - 1:03d}"  # committed before this request: a page at most refresh_s stale shows it
+                assert int(newest[1:]) >= at_start  # a batch committed after the app started
+                page = _timed_get(c, path, params={"run": newest} if path == "/samples" else None)
+                assert page.status_code == 200
+                shown = set(re.findall(r"w\d{3}-\d+" if path == "/samples" else r">(w\d{3})</a>", page.text))
+                assert (shown == {f"{newest}-{i}" for i in range(ROWS)}) if path == "/samples" else newest in shown, (path, newest, shown)
+                at_start = committed()
+            def snapshot(r) -> int:
+                return int(re.search(r"Lake snapshot (\d+)", r.text).group(1))
+
+            assert snapshot(page) > snapshot(first)  # each page says which snapshot it read
+
+
+@pytest.mark.integration
+def test_a_review_posted_while_a_run_writes_lands_and_shows_at_once(tmp_path):
+    store = tmp_path / "store"
+    build_view_lake(store)
+    with a_run_writing(store):
+        lake = Lake.open(str(store), create=False)
+        with TestClient(build_app(View(lake, refresh_s=60))) as c:  # no refresh by age: only the review's
+            assert "guessed" not in _timed_get(c, "/samples/s03").text
+            t = time.perf_counter()
+            r = c.post("/reviews", data={"kind": "sample", "item_id": "s03", "label": "hacked", "note": "guessed", "reviewer": "bob"},
+                       follow_redirects=False)
+            assert r.status_code == 303, r.text
+            assert time.perf_counter() - t < ANSWER_S  # it waited for the run's rest, not for its end
+            page = _timed_get(c, r.headers["location"]).text
+            assert "guessed" in page and "hacked" in page
+    with Lake.open(str(store), read_only=True) as lake:
+        assert lake.query("SELECT label, note FROM reviews WHERE item_id = 's03'").to_pylist() == [{"label": "hacked", "note": "guessed"}]
+
+
+def test_a_busy_lake_is_a_503_page_saying_so(tmp_path, monkeypatch):
     store = tmp_path / "store"
     build_view_lake(store)
     lake = Lake.open(str(store), create=False)
-    with TestClient(build_app(View(lake, release_after_s=0.2))) as c:
+
+    def busy(*a, **kw):
+        raise LakeBusy("the catalog x is held by another process (waited 60 s)")
+
+    with TestClient(build_app(View(lake))) as c:
         assert c.get("/samples").status_code == 200
-        time.sleep(0.6)  # idle: the view lets the catalog go
-        # Another process's writer (another Lake here) gets the catalog at once.
-        with Lake.open(str(store), lock_timeout_s=2) as other:
-            other.commit("runs", [{"run_id": "r2", "status": "started"}], batch_key="r2", run_id="r2")
+        monkeypatch.setattr(view_mod, "add_review", busy)
+        r = c.post("/reviews", data={"kind": "sample", "item_id": "s03", "label": "right", "reviewer": "bob"})
+        assert r.status_code == 503 and "The lake is busy" in r.text and "try again" in r.text
+
+
+@pytest.mark.integration
+def test_another_process_writes_while_the_view_sits_open(tmp_path):
+    store = tmp_path / "store"
+    build_view_lake(store)
+    lake = Lake.open(str(store), create=False)
+    with TestClient(build_app(View(lake, refresh_s=0))) as c:
+        assert c.get("/samples").status_code == 200
+        r = c.post("/reviews", data={"kind": "sample", "item_id": "s03", "label": "right", "reviewer": "bob"}, follow_redirects=False)
+        assert r.status_code == 303  # its writer is closed after its commit
+        # Right after the requests, no sleep: the view holds no writer, and its reader is a copy.
+        script = ("import sys; from storage import Lake\n"
+                  "with Lake.open(sys.argv[1], lock_timeout_s=2) as o: o.commit('runs', [{'run_id': 'r2', 'status': 'started'}], batch_key='r2', run_id='r2')")
+        done = subprocess.run([sys.executable, "-c", script, str(store)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
         assert "r2" in c.get("/").text
     lake.close()
 
