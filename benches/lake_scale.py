@@ -1,11 +1,15 @@
 """Lake at R1 scale: many small commits, the queries a run makes over them, and compaction.
 
-    python benches/lake_scale.py [--commits N] [--max-minutes M] [--repeats R] [--out results.json]
+    python benches/lake_scale.py [--commits N] [--max-minutes M] [--max-files F] [--repeats R] [--out results.json]
 
 Commits N batches (default 20,000) of 32 `samples` rows with ~3 KB of text each through
 `storage.Lake.commit`, as the default store is configured (DuckLake's data inlining included),
 stopping early when --max-minutes (default 10) of committing is spent and saying how many were
-done. Then it times, each as the median of --repeats runs through `Lake.query`/`Lake.existing`:
+done. After each commit it applies the run's automatic compaction policy, `Lake.compact_if(F)`
+(`--max-files`, default 512 as a recipe's `compaction.max_files`; 0: no compaction while
+committing, which shows what an uncompacted lake costs); a commit's latency does not include a
+compaction it triggered, which is timed apart. Then it times, each as the median of --repeats
+runs through `Lake.query`/`Lake.existing`:
 
 - the flow's bookkeeping: `existing()` for 1,000 request keys (the sampler's `missing_requests`,
   half of them present), the ledger lookup every commit makes (`batches` by key), the sample
@@ -13,8 +17,10 @@ done. Then it times, each as the median of --repeats runs through `Lake.query`/`
   (`factory tables`, the run summary);
 - a GROUP BY problem_id and a LIKE scan over the reasoning text;
 
-on the lake as committed, after `Lake.compact()`, and on the same rows written as ONE file in a
-second lake (the peer). Goals (issue 18): after compaction every query within 2x of one file;
+on the lake as committed (compacted automatically along the way unless --max-files 0), after a
+final `Lake.compact()`, and on the same rows written as ONE file in a second lake (the peer).
+Goals (issue 18): with compaction on, every query within 2x of one file (judged on the lake as
+committed, or after the final compaction with --max-files 0);
 commit p50 over the last thousand commits within 1.5x of the first thousand. Everything lives
 in a temp dir (set TMPDIR to move it) deleted at the end.
 """
@@ -56,11 +62,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", type=int, default=20_000, help="batches to commit (default 20,000)")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="stop committing after this long (default 10)")
+    parser.add_argument("--max-files", type=int, default=512,
+                        help="compact while committing when the snapshot reads more data files than this (default 512; 0: never)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per query; the median is shown (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
-    if args.commits < 1 or args.repeats < 1 or args.max_minutes <= 0:
-        parser.error("--commits and --repeats must be positive, --max-minutes above 0")
+    if args.commits < 1 or args.repeats < 1 or args.max_minutes <= 0 or args.max_files < 0:
+        parser.error("--commits and --repeats must be positive, --max-minutes above 0, --max-files at least 0")
     return args
 
 
@@ -100,22 +108,27 @@ def make_batch(b: int, rng: random.Random, pool: list[str]) -> list[dict]:
 # -- measuring --------------------------------------------------------------------------------
 
 
-def commit_all(lake: Lake, commits: int, budget_s: float) -> tuple[list[float], list[dict]]:
-    """Commit up to `commits` batches within `budget_s`; return each commit's seconds and the
-    ledger rows (for the one-file peer)."""
+def commit_all(lake: Lake, commits: int, budget_s: float, max_files: int) -> tuple[list[float], list[float], list[dict]]:
+    """Commit up to `commits` batches within `budget_s`, compacting as a run does (`max_files`);
+    return each commit's seconds, each automatic compaction's seconds and the ledger rows (for
+    the one-file peer)."""
     rng, pool = random.Random(0), text_pool(random.Random(1))
     latencies: list[float] = []
+    compactions: list[float] = []
     start = time.perf_counter()
     for b in range(commits):
         batch = make_batch(b, rng, pool)
         t0 = time.perf_counter()
         lake.commit("samples", batch, batch_key=f"bench:{b}", run_id=RUN_ID)
-        latencies.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        latencies.append(t1 - t0)
+        if lake.compact_if(max_files) is not None:
+            compactions.append(time.perf_counter() - t1)
         if (b + 1) % 500 == 0:
-            print(f"  {b + 1:,} commits, {time.perf_counter() - start:,.0f} s", flush=True)
+            print(f"  {b + 1:,} commits, {time.perf_counter() - start:,.0f} s, {len(compactions)} compaction(s)", flush=True)
         if time.perf_counter() - start > budget_s:
             break
-    return latencies, lake.query("SELECT * FROM batches ORDER BY batch_key")
+    return latencies, compactions, lake.query("SELECT * FROM batches ORDER BY batch_key")
 
 
 def one_file_peer(source: Lake, folder: Path, ledger: pa.Table) -> Lake:
@@ -177,7 +190,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     print(f"committing up to {args.commits:,} batches of {ROWS_PER_COMMIT} samples (~{TEXT_BYTES:,} B text each), "
           f"for at most {args.max_minutes:g} min, in {work}", flush=True)
     t0 = time.perf_counter()
-    latencies, ledger = commit_all(lake, args.commits, args.max_minutes * 60)
+    latencies, compactions, ledger = commit_all(lake, args.commits, args.max_minutes * 60, args.max_files)
     commit_s = time.perf_counter() - t0
     done = len(latencies)
     n_rows = done * ROWS_PER_COMMIT
@@ -200,7 +213,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     first, last = latencies[:window], latencies[-window:]
     measures = [
         {"measure": name, "before_ms": before[name], "after_ms": after[name], "one_file_ms": one[name],
-         "ratio": after[name] / one[name], "goal": f"<= {QUERY_GOAL:g}x", "met": after[name] <= QUERY_GOAL * one[name]}
+         "ratio_committed": before[name] / one[name], "ratio": after[name] / one[name], "goal": f"<= {QUERY_GOAL:g}x",
+         # With compaction on while committing, the lake as a run leaves it is what the goal judges.
+         "met": (before[name] if args.max_files else after[name]) <= QUERY_GOAL * one[name]}
         for name in qs
     ]
     commit = {
@@ -212,7 +227,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     commit["met"] = commit["ratio"] <= COMMIT_GOAL
     return {
         "commits_asked": args.commits, "commits_done": done, "rows": n_rows, "commit_s": commit_s,
-        "stopped_early": done < args.commits, "max_minutes": args.max_minutes,
+        "stopped_early": done < args.commits, "max_minutes": args.max_minutes, "max_files": args.max_files,
+        "auto_compactions": {"count": len(compactions), "total_s": sum(compactions), "max_s": max(compactions, default=0.0)},
         "files": {"committed": files_committed, "compacted": compaction.files_after, "one_file_lake": peer_files},
         "compaction": {"seconds": compact_s, "snapshots_expired": compaction.snapshots_expired,
                        "files_deleted": compaction.files_deleted},
@@ -237,16 +253,20 @@ def print_report(r: dict) -> None:
     if r["commits_done"] < 20_000 and not note:
         note = " (shortened run: the issue's size is 20,000)"
     print(f"{r['commits_done']:,} commits of {ROWS_PER_COMMIT} samples{note}: {r['rows']:,} rows in {r['commit_s']:,.0f} s")
-    f, c = r["files"], r["compaction"]
-    print(f"data files: {f['committed']:,} as committed, {f['compacted']:,} after compaction "
+    f, c, a = r["files"], r["compaction"], r["auto_compactions"]
+    policy = (f"compact_if({r['max_files']}) after each commit: {a['count']} compaction(s), {a['total_s']:.1f} s in all, "
+              f"the longest {a['max_s']:.1f} s" if r["max_files"] else "no compaction while committing (--max-files 0)")
+    print(policy)
+    print(f"data files: {f['committed']:,} as committed, {f['compacted']:,} after a final compaction "
           f"({c['seconds']:.1f} s, {c['snapshots_expired']:,} snapshots expired, {c['files_deleted']:,} files deleted), "
           f"{f['one_file_lake']:,} in the one-file lake")
     v = r["versions"]
     print(f"duckdb {v['duckdb']}, pyarrow {v['pyarrow']}, python {v['python']}; median of {r['repeats']} runs per query")
     print()
     print_table(
-        ("query (ms)", "before compaction", "after compaction", "one file (peer)", "ratio after/peer", "goal", "met?"),
-        [(m["measure"], f"{m['before_ms']:,.1f}", f"{m['after_ms']:,.1f}", f"{m['one_file_ms']:,.1f}",
+        ("query (ms)", "as committed", "after final compaction", "one file (peer)", "ratio committed/peer", "ratio final/peer",
+         "goal", "met?"),
+        [(m["measure"], f"{m['before_ms']:,.1f}", f"{m['after_ms']:,.1f}", f"{m['one_file_ms']:,.1f}", f"{m['ratio_committed']:.2f}x",
           f"{m['ratio']:.2f}x", m["goal"], "yes" if m["met"] else "NO") for m in r["measures"]],
     )
     cm = r["commit"]
