@@ -310,12 +310,13 @@ def _open_lake(store: str | None, catalog: str | None) -> Lake:
     return Lake.open(store, catalog, create=True)
 
 
-def compact_due(lake: Lake, spec: CompactionSpec) -> Compaction | None:
-    """The recipe's automatic compaction (Lake.compact_if): cheap when nothing is due (one
-    catalog count). Housekeeping: a failure is logged and the run goes on (`factory maintain
-    --compact` does it later)."""
+def compact_due(lake: Lake, spec: CompactionSpec, *, stage_end: bool = False) -> Compaction | None:
+    """The recipe's automatic compaction (Lake.compact_if; at a stage's end with the lower
+    threshold, so a run ends compacted): cheap when nothing is due (one catalog count).
+    Housekeeping: a failure is logged and the run goes on (`factory maintain --compact` does it
+    later)."""
     try:
-        done = lake.compact_if(spec.max_files, older_than=dt.timedelta(seconds=spec.keep_s))
+        done = lake.compact_if(spec.stage_end_files if stage_end else spec.max_files, older_than=dt.timedelta(seconds=spec.keep_s))
     except Exception:
         log.warning("automatic compaction failed; the run goes on", exc_info=True)
         return None
@@ -566,7 +567,7 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
                 dedup(lake, recipe, run_id, "problems")
             eligible = eligible_problems(lake, problems)
             s.note = f"{len(problems) - len(eligible)} dropped (benchmark hits or duplicates)"
-        compact_due(lake, recipe.compaction)  # at each stage's end: between stages nothing else writes
+        compact_due(lake, recipe.compaction, stage_end=True)  # at each stage's end: between stages nothing else writes
         sampled = preview_problems(eligible, preview) if preview else eligible
         rounds = RoundState(recipe, {p["problem_id"]: p for p in sampled}, teacher.config)
         seconds.update(sample=0.0, verify=0.0)  # shown even when no round runs
@@ -574,11 +575,11 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
             with stage("sample", seconds, sum(len(g.sample_indices) for g in groups)) as s:
                 s.note = rounds.sampled(sample(lake, loop, teacher, quote(groups), run_id, rounds.budget(), rounds.escalation(),
                                                recipe.compaction))
-            compact_due(lake, recipe.compaction)
+            compact_due(lake, recipe.compaction, stage_end=True)
             with stage("verify", seconds, start=False) as s:
                 verify_planned(run, s, rounds)
                 s.note = rounds.close_round()
-            compact_due(lake, recipe.compaction)
+            compact_due(lake, recipe.compaction, stage_end=True)
         if rounds.incomplete(missing := missing_keys(lake, rounds)):
             run.record("incomplete", summarize(lake, sampled, rounds, seconds))
             raise RunIncomplete(rounds.missing_message(run_id, missing))
@@ -590,13 +591,13 @@ def factory_run(recipe_path: str, store: str | None = None, catalog: str | None 
         with stage("dedup", seconds) as s:  # the accepted samples, against every run's
             dd = dedup(lake, recipe, run_id, "samples", quote(sorted(rounds.accepted)))
             s.note = f"{dd.get('rows', 0)} decided, {dd.get('kept', 0)} kept"
-        compact_due(lake, recipe.compaction)
+        compact_due(lake, recipe.compaction, stage_end=True)
         with stage("dataset", seconds) as s:
             scope = {"teacher": teacher.config.name, "sources": sorted({p.get("source") or "" for p in problems})}
             sql = stages.dataset_sql(recipe, **scope)
             ds = {**dataset(lake, recipe, sql, run_id, run.rhash), "scope": stages.dataset_scope(**scope)}
             s.note = f"{ds['name']} v{ds['version']}: {ds['rows']} rows"
-        compact_due(lake, recipe.compaction)
+        compact_due(lake, recipe.compaction, stage_end=True)
         summary = {**summarize(lake, eligible, rounds, seconds, ds), "run_id": run_id, "problems_dropped": len(problems) - len(eligible)}
         run.record("finished", summary)
         _artifact(recipe, summary)

@@ -458,3 +458,22 @@ def test_automatic_compaction_keeps_every_dataset_version_export_byte_identical(
     # are merged whenever they pass the threshold (2). Without compaction: 3 more per run.
     assert max(files[1:]) <= files[0] + 2, files
     assert snapshots[-1] < commits / 2, (snapshots, commits)  # expired at once (keep_s: 0), the 3 pinned ones kept
+
+
+def test_a_stage_end_compacts_at_an_eighth_of_the_sampler_threshold(tmp_path):
+    """While sampling, compaction waits for `max_files` (it holds the writer); at a stage's end it
+    runs past `max_files / 8`, so a run ends with few files to read."""
+    from factory.recipe import CompactionSpec
+    from flows.pipeline import compact_due
+
+    spec = CompactionSpec(max_files=64, keep_s=0)
+    assert (spec.stage_end_files, CompactionSpec(max_files=4).stage_end_files, CompactionSpec(max_files=0).stage_end_files) == (8, 1, 0)
+    with Lake.open(str(tmp_path / "s"), data_inlining_row_limit=0) as lake:
+        for b in range(12):
+            lake.commit("problems", [{"problem_id": f"p{b}", "source": "s", "problem": f"{b}?"}], batch_key=f"b{b}", run_id="r")
+        before = lake.data_files()
+        assert before > 12 and compact_due(lake, spec) is None and lake.data_files() == before  # under 64: the sampler's check waits
+        done = compact_due(lake, spec, stage_end=True)
+        assert done is not None and lake.data_files() < before
+        assert compact_due(lake, spec, stage_end=True) is None  # nothing new since
+        assert lake.query("SELECT count(*) AS n FROM problems").column("n")[0].as_py() == 12
