@@ -702,6 +702,10 @@ def build_app(view: View | Lake, *, host: str = "127.0.0.1", port: int | None = 
         """A sync endpoint given the current reader lake as its second argument."""
 
         def with_reader(request: Request) -> Response:
+            # DuckDB refuses a NUL in a string value with an error of its own: a 400 here, for every page.
+            for name, value in [*request.path_params.items(), *request.query_params.items()]:
+                if isinstance(value, str) and "\x00" in value:
+                    raise BadParam(f"parameter {name!r}: expected text without NUL characters")
             with readers.lease() as lake:
                 return endpoint(request, lake)  # a TemplateResponse renders here, while the lease holds
 

@@ -150,7 +150,8 @@ def test_unknown_ids_are_404(client, path):
 
 @pytest.mark.parametrize("path, names", [("/samples?n=0", "'n'"), ("/samples?n=abc", "'n'"), ("/samples?status=maybe", "'status'"),
                                          ("/samples?min_tokens=-1", "'min_tokens'"), ("/samples?after=s01&before=s05", "'after' and 'before'"),
-                                         ("/problems?contaminated=yes", "'contaminated'"), ("/draw", "'source'"), ("/evals/e1?correct=x", "'correct'")])
+                                         ("/problems?contaminated=yes", "'contaminated'"), ("/draw", "'source'"), ("/evals/e1?correct=x", "'correct'"),
+                                         ("/samples?after=%00", "'after'"), ("/samples/s%00", "'sample_id'"), ("/problems?q=a%00", "'q'")])
 def test_bad_parameters_are_400_with_a_message_naming_them(client, path, names):
     r = client.get(path)
     text = html.unescape(r.text)
