@@ -80,7 +80,19 @@ def browser():
 
 
 def _click(browser, by, value):
-    browser.find_element(by, value).click()
+    _follow(browser, browser.find_element(by, value))
+
+
+def _follow(browser, element):
+    """Click something that loads a page and wait for the new page: Selenium's click returns
+    once the click is sent, and a form's POST and redirect may not have landed yet."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def test_each_page_opens_with_its_heading(browser, base):
@@ -101,7 +113,7 @@ def test_follow_a_run_to_a_sample_filter_and_page(browser, base):
     assert browser.current_url.endswith(f"/samples?run={RUN}&source=synth")
     links = browser.find_elements(By.CSS_SELECTOR, "a.sample")
     assert [a.text for a in links] == [f"s{n:02d}" for n in range(12, 20)]
-    links[0].click()
+    _follow(browser, links[0])
     assert browser.find_element(By.TAG_NAME, "h1").text == "Sample s12"
     # Filter with the form, then page with the links.
     browser.get(base + "/samples?n=5")
@@ -124,7 +136,7 @@ def test_sql_box_results_link_to_sample_pages(browser, base):
     _click(browser, By.ID, "run-sql")
     cells = browser.find_elements(By.CSS_SELECTOR, "#result a")
     assert [c.text for c in cells] == ["s18", "s14", "s10", "s06", "s02"]
-    cells[0].click()
+    _follow(browser, cells[0])
     assert browser.find_element(By.TAG_NAME, "h1").text == "Sample s18"
 
 
