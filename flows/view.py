@@ -23,11 +23,15 @@ takes the first one without a drawn review under that seed: successive draws are
 sample without replacement, so the share of drawn reviews marked wrong estimates the source's.
 
 Why these libraries: Starlette (a small, well-kept ASGI toolkit: routing, forms, TestClient) with
-Jinja2 server-side templates and uvicorn, all three already installed as Prefect dependencies, so
-`factory view` adds no download and users need no JavaScript build step. Jinja2 autoescapes every
+Jinja2 server-side templates and uvicorn, all three already installed as Prefect dependencies,
+plus markdown-it-py (rich's) and latex2mathml (pure Python) for text: users need no JavaScript
+build step. Jinja2 autoescapes every
 template (hostile text in samples stays text); pages are plain HTML forms with no script, and
-nothing is fetched from the network (no CDN, fonts or images): math and code are shown as written,
-in <pre> blocks. Paging is keyset (`WHERE sample_id > last ORDER BY sample_id LIMIT n`), never
+nothing is fetched from the network (no CDN, fonts or images). Prompts, reasoning, answers and
+problems are rendered (flows/markup.py: Markdown with raw HTML, links and images off; math as
+MathML the browser typesets natively, rebuilt from an allowlist), each with its text as written
+one click away; eval completions, matched spans and benchmark items stay as written.
+Paging is keyset (`WHERE sample_id > last ORDER BY sample_id LIMIT n`), never
 OFFSET, so page 10 000 costs what page 1 does.
 
 Safety: uvicorn binds 127.0.0.1 unless --host says otherwise; requests whose Host header is not
@@ -527,6 +531,8 @@ def _templates():
     import jinja2
     from starlette.templating import Jinja2Templates
 
+    from flows import markup
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("flows", "view_templates"),
         autoescape=True,  # every template, whatever its name: lake text is hostile until shown otherwise
@@ -536,6 +542,7 @@ def _templates():
     env.filters["num"] = _num
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * float(x):.1f}%"
     env.filters["secs"] = lambda x: "—" if x is None else f"{float(x):.1f} s" if x < 120 else f"{float(x) / 60:.1f} min"
+    env.filters["rendered"] = markup.render
     env.filters["js"] = lambda v: json.dumps(v, ensure_ascii=False, indent=2, default=str)
     return Jinja2Templates(env=env)
 

@@ -47,7 +47,7 @@ def build_view_lake(store) -> None:
             sid = f"s{n:02d}"
             hostile = sid == "s06"
             samples.append({"sample_id": sid, "problem_id": f"p{i}", "teacher": "t", "model": "m", "sample_index": k,
-                            "prompt": f"What is {i}+{i}?", "reasoning": (f"Think {SCRIPT} {IMG}" if hostile else f"Adding {i} and {i}."),
+                            "prompt": f"What is {i}+{i}?", "reasoning": (f"Think {SCRIPT} {IMG}" if hostile else f"Adding {i} and {i}: $\\frac{{{i}}}{{1}}+{i}$ is **{2 * i}**."),
                             "answer": IMG if hostile else str(2 * i), "finish_reason": "length" if k == 3 else "stop",
                             "prompt_tokens": 10, "completion_tokens": 100 * (k + 1), "cost_usd": 0.001})
             ok = k != 2
@@ -101,6 +101,9 @@ def test_pages_show_what_the_lake_holds(client):
     assert 'href="/samples?run=run-v&amp;source=gsm8k"' in run and 'href="/samples?run=run-v&amp;source=synth"' in run
     sample = client.get("/samples/s01").text
     assert "dropped" in sample and 'href="/samples/s00"' in sample  # its cluster's kept member
+    # Math typeset, Markdown rendered, and the text as written one click away.
+    assert '<div class="text" id="reasoning"><p>Adding 0 and 0: <math display="inline"><mrow><mfrac>' in sample
+    assert "<strong>0</strong>" in sample and '<pre id="reasoning-written">Adding 0 and 0: $\\frac{0}{1}+0$ is **0**.</pre>' in sample
     problem = client.get("/problems/p4").text
     assert "Convert the point (0,3) in rectangular coordinates" in problem  # the matched span
     assert "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates" in problem  # the math500 item beside it

@@ -151,6 +151,17 @@ def test_hostile_text_stays_text(browser, base):
     assert browser.execute_script("return document.querySelectorAll('img, script').length") == 0
 
 
+def test_math_is_typeset_and_the_text_as_written_is_one_click_away(browser, base):
+    browser.get(base + "/samples/s05")
+    fraction = browser.find_element(By.CSS_SELECTOR, "#reasoning math mfrac")
+    assert fraction.size["height"] > 1.5 * browser.find_element(By.CSS_SELECTOR, "#reasoning mn").size["height"]  # stacked, not inline text
+    assert browser.find_element(By.CSS_SELECTOR, "#reasoning strong").text == "2"
+    written = browser.find_element(By.ID, "reasoning-written")
+    assert not written.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "#reasoning + details summary").click()
+    assert written.is_displayed() and written.text == "Adding 1 and 1: $\\frac{1}{1}+1$ is **2**."
+
+
 def test_submit_a_review_and_see_it_in_the_report(browser, base):
     browser.get(base + "/review")
     _click(browser, By.CSS_SELECTOR, "#sources tr:nth-child(2) button")  # gsm8k: sample for review
