@@ -646,6 +646,7 @@ class Lake:
         other tables ({table: data}) that belong to this batch, written in the same transaction
         (a sample and its teacher top-k): all of them land, or none. `rows` counts `table`'s.
         """
+        self._require_writer("commit")
         if not batch_key:
             raise BadInput("batch_key must be a non-empty string")
         defaults: dict[str, object] = {"created_at": _now()}
@@ -878,6 +879,7 @@ class Lake:
         The SELECT is checked and counted on the confined read-only engine (storage/sql.py),
         within `timeout_s` and `memory_limit`, holding no lock; only then is its row written,
         by our own code, through the writer. User SQL never runs on the writer connection."""
+        self._require_writer("save_dataset")
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise BadInput(f"dataset name {name!r}: expected letters, digits, '-', '_' or '.'")
         _check_user_sql(sql)
@@ -1033,6 +1035,7 @@ class Lake:
     def maintain(self, *, older_than: dt.timedelta = dt.timedelta(hours=1), dry_run: bool = False) -> list[str]:
         """Delete data files no snapshot references (left by killed writers) older than
         `older_than`; return their paths. Snapshots are kept, so datasets stay readable."""
+        self._require_writer("maintain")
         cutoff = _now() - older_than
         with self._lock:
             con = self.connection()
@@ -1041,6 +1044,10 @@ class Lake:
                 [dry_run, cutoff],
             ).fetchall()
             return [str(r[0]) for r in rows]
+
+    def _require_writer(self, what: str) -> None:
+        if self.read_only:
+            raise BadInput(f"{what}: this lake was opened read-only (Lake.open(..., read_only=True)); open it without read_only to write")
 
     _compacted_to = 0  # data files the last compact_if left: its next threshold starts there
 
@@ -1060,6 +1067,7 @@ class Lake:
         has also grown by `max_files` past what that one left."""
         if max_files <= 0:
             return None
+        self._require_writer("compact_if")
         with self._lock:
             files = self.data_files()
             if files <= self._compacted_to + max_files:
@@ -1078,6 +1086,7 @@ class Lake:
         until a compaction `older_than` later: a reader that copied the catalog just before may
         still scan them. `older_than` must exceed the time `save_dataset` takes from choosing its
         snapshot to recording it (its count query), or a dataset saved meanwhile could lose it."""
+        self._require_writer("compact")
         cutoff = _now() - older_than
         with self._lock:
             con = self.connection()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Lake
+from storage import BadInput, Lake
 from tests.storage.test_postgres import catalog as pg_catalog  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
@@ -144,10 +144,15 @@ def test_a_reader_keeps_one_snapshot_and_cannot_write(tmp_path):
         # every query of one reader (the report's many) reads the snapshot of its first
         assert reader.query("SELECT count(*) FROM problems").column(0)[0].as_py() == 1
         assert reader.sql("SELECT count(*) AS n FROM problems").column("n")[0].as_py() == 1
-        with pytest.raises(Exception, match="read-only|read only"):
-            reader.commit("problems", [{"problem_id": "c", "problem": "x"}], batch_key="c", run_id="r")
+        writes = {"commit": lambda: reader.commit("problems", [{"problem_id": "c", "problem": "x"}], batch_key="c", run_id="r"),
+                  "save_dataset": lambda: reader.save_dataset("d", "SELECT * FROM problems", run_id="r"),
+                  "compact": reader.compact, "compact_if": lambda: reader.compact_if(1), "maintain": reader.maintain}
+        for what, write in writes.items():
+            with pytest.raises(BadInput, match=f"^{what}: this lake was opened read-only"):
+                write()
     with Lake.open(store, read_only=True) as again:
         assert again.query("SELECT count(*) FROM problems").column(0)[0].as_py() == 2
+        assert again.list_datasets().num_rows == 0
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -163,7 +168,7 @@ def test_a_reader_of_a_sqlite_or_postgres_catalog_reads_next_to_the_writer(kind,
 
 
 def test_a_reader_migrates_an_older_lake_first_and_refuses_a_newer_one(tmp_path):
-    from storage import BadInput, schemas
+    from storage import schemas
 
     store = str(tmp_path / "store")
     with Lake.open(store) as lake:
