@@ -23,6 +23,7 @@ from flows import view as view_mod
 from flows.cli import app
 from flows.view import View, build_app, check_host, draw_sample
 from storage import BadInput, Lake, LakeBusy
+from tests.storage.test_postgres import catalog as pg_catalog  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "<script>alert(1)</script>"
@@ -33,7 +34,7 @@ HIT = json.dumps({"benchmark": "math500", "benchmark_id": "test/precalculus/807.
 HIT2 = json.dumps({"benchmark": "aime2024", "benchmark_id": "60", "method": "minhash", "score": 0.5, "matched": "3+3", "part": "text"}, sort_keys=True)
 
 
-def build_view_lake(store) -> None:
+def build_view_lake(store, catalog: str | None = None) -> None:
     """Two sources, 5 problems, 4 samples each (20, ids s00..s19 in order); hostile text in one
     sample's reasoning and answer and in a verdict reason; a contamination hit; a dedup cluster;
     an eval; a dataset of the index-0 samples."""
@@ -47,13 +48,14 @@ def build_view_lake(store) -> None:
             sid = f"s{n:02d}"
             hostile = sid == "s06"
             samples.append({"sample_id": sid, "problem_id": f"p{i}", "teacher": "t", "model": "m", "sample_index": k,
-                            "prompt": f"What is {i}+{i}?", "reasoning": (f"Think {SCRIPT} {IMG}" if hostile else f"Adding {i} and {i}: $\\frac{{{i}}}{{1}}+{i}$ is **{2 * i}**."),
+                            "prompt": f"What is {i}+{i}?",
+                            "reasoning": f"Think {SCRIPT} {IMG}" if hostile else f"Adding {i} and {i}: $\\frac{{{i}}}{{1}}+{i}$ is **{2 * i}**.",
                             "answer": IMG if hostile else str(2 * i), "finish_reason": "length" if k == 3 else "stop",
                             "prompt_tokens": 10, "completion_tokens": 100 * (k + 1), "cost_usd": 0.001})
             ok = k != 2
             verdicts.append({"sample_id": sid, "check": "math", "status": "pass" if ok else "fail",
                              "reason": None if ok else (SCRIPT if hostile else "answer 7 != 2")})
-    with Lake.open(str(store)) as lake:
+    with Lake.open(str(store), catalog) as lake:
         lake.commit("problems", problems, batch_key="p", run_id=RUN)
         lake.commit("samples", samples, batch_key="s", run_id=RUN)
         lake.commit("verdicts", verdicts, batch_key="v", run_id=RUN)
@@ -471,3 +473,22 @@ def test_the_training_page_escapes_hostile_metric_names(lake, tmp_path):
     with TestClient(build_app(View(lake, [metrics]))) as c:
         page = c.get("/training").text
     assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<svg" in page
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_view_on_a_sqlite_or_postgres_catalog(kind, tmp_path, request):
+    """Every page answers, a review lands and shows, and a batch another writer commits shows on
+    the next page (these catalogs are read directly, never copied)."""
+    store = tmp_path / "store"
+    catalog = "sqlite:" + str(tmp_path / "c.sqlite") if kind == "sqlite" else request.getfixturevalue("pg_catalog")
+    build_view_lake(store, catalog)
+    with Lake.open(str(store), catalog, create=False) as lake, TestClient(build_app(View(lake, reviewer="ann"))) as client:  # as `factory view` does
+        for path in PAGES:
+            assert client.get(path).status_code == 200, path
+        r = client.post("/reviews", data={"kind": "sample", "item_id": "s05", "label": "wrong", "reviewer": "ann"}, follow_redirects=False)
+        assert r.status_code == 303
+        assert "wrong" in client.get("/samples/s05").text.split('id="reviews"')[1]
+        with Lake.open(str(store), catalog) as writer:
+            writer.commit("samples", [{"sample_id": "s99", "problem_id": "p0", "teacher": "t", "reasoning": "late"}], batch_key="late", run_id=RUN)
+        assert client.get("/samples/s99").status_code == 200
