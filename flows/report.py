@@ -21,7 +21,8 @@ sample's newest verdicts, *verified* when it has verifier verdicts and all pass,
 when also every `filter:*` verdict passed, *deduplicated* when also no `dedup` row dropped it.
 Rejects are those verdicts that did not pass (fail, unverifiable, error), by check with the
 `filter:` prefix dropped. Pass rates use the rule "all of a sample's newest verdicts are pass",
-over the samples that have verdicts. Not covered:
+over the samples that have verdicts; the same rates per source and `finish_reason` show what
+traces cut at max_tokens ('length') cost. Not covered:
 evals are shown for the whole lake (an eval row does not name the data its model was trained
 on), and a dataset's funnel is that of the runs its rows came from, not of the rows alone.
 """
@@ -77,6 +78,7 @@ class ReportData:
     pass_by_source: list[dict[str, Any]] = field(default_factory=list)  # label, checked, passed
     pass_by_difficulty: list[dict[str, Any]] = field(default_factory=list)
     lengths: list[dict[str, Any]] = field(default_factory=list)  # lo, hi, passed, other
+    finish_reasons: list[dict[str, Any]] = field(default_factory=list)  # source, finish_reason, samples, checked, passed
     length_unit: str = "tokens"
     rejects: list[dict[str, Any]] = field(default_factory=list)  # check, status, reason, count
     evals: list[dict[str, Any]] = field(default_factory=list)  # model, benchmark, n, items, accuracy
@@ -171,6 +173,7 @@ def collect_report(lake: Lake, target: str | None = None, metrics: Iterable[Path
     data.pass_by_source = _pass_rates(lake, scope, "coalesce(source, '(no source)')")
     data.pass_by_difficulty = _pass_by_difficulty(lake, scope)
     data.lengths, data.length_unit = _length_histogram(lake, scope)
+    data.finish_reasons = _finish_reasons(lake, scope)
     data.rejects = _rejects(lake, scope)
     data.evals, data.eval_lengths = _evals(lake)
     data.reviews = _reviews(lake, scope)
@@ -208,7 +211,7 @@ def _samples_in(scope: Scope) -> tuple[str, list[Any]]:
     stage) and `vv` (the verdicts that count) the queries below read."""
     where, params = _where(scope, "s.run_id")
     return (
-        "SELECT s.sample_id, s.created_at, s.problem_id, s.request_key, s.prompt_tokens, s.completion_tokens, s.cost_usd, "
+        "SELECT s.sample_id, s.created_at, s.problem_id, s.request_key, s.prompt_tokens, s.completion_tokens, s.cost_usd, s.finish_reason, "
         "length(s.reasoning) AS reasoning_chars, coalesce(p.source, '(no source)') AS source, p.difficulty FROM samples s "
         "LEFT JOIN (SELECT problem_id, any_value(source) AS source, any_value(difficulty) AS difficulty FROM problems GROUP BY 1) p "
         f"ON p.problem_id = s.problem_id WHERE {where}"
@@ -333,6 +336,20 @@ def _length_histogram(lake: Lake, scope: Scope, bins: int = 24) -> tuple[list[di
         {"lo": lo + i * width, "hi": lo + (i + 1) * width, "passed": by_bin.get(i, {}).get("passed", 0), "other": by_bin.get(i, {}).get("other", 0)}
         for i in range(n_bins)
     ], unit
+
+
+def _finish_reasons(lake: Lake, scope: Scope) -> list[dict[str, Any]]:
+    """Samples per source and finish reason, with how many passed: 'length' is a trace cut at
+    max_tokens, which has no final answer and so rarely passes (the cost of a short budget)."""
+    head, params = _outcomes(scope)
+    return _rows(
+        lake,
+        head
+        + """SELECT source, coalesce(finish_reason, '(none)') AS finish_reason, count(*) AS samples,
+                    count(*) FILTER (WHERE checked) AS checked, count(*) FILTER (WHERE passed) AS passed
+             FROM o GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",
+        params,
+    )
 
 
 def _rejects(lake: Lake, scope: Scope) -> list[dict[str, Any]]:

@@ -443,6 +443,16 @@ def _pass_section(data: ReportData) -> str:
         parts.append(f'<p class="note">{_fmt(n)} samples; {what}.</p>')
     else:
         parts.append('<p class="note">No samples with a length.</p>')
+    if data.finish_reasons:
+        totals: dict[str, int] = {}
+        for r in data.finish_reasons:
+            totals[r["source"]] = totals.get(r["source"], 0) + r["samples"]
+        parts.append('<h3 id="finish-reasons">Finish reasons</h3>')
+        parts.append(_table(["source", "finish reason", "samples", "share of source", "checked", "passed", "pass rate"],
+                            [[r["source"], r["finish_reason"], _fmt(r["samples"]), _pct(r["samples"], totals[r["source"]]), _fmt(r["checked"]),
+                              _fmt(r["passed"]), _pct(r["passed"], r["checked"])] for r in data.finish_reasons], numeric_from=2))
+        parts.append('<p class="note">"length": the teacher stopped at max_tokens, so the trace has no final answer; '
+                     "many of them means the budget is too short for these problems.</p>")
     parts.append("</section>")
     return "".join(parts)
 

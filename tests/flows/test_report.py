@@ -19,7 +19,8 @@ RUN = "run-a"
 
 def build_lake(store, *, with_counts: bool = False) -> None:
     """Two sources, 6 problems, 3 samples each (18); verdicts by a rule so the counts are known:
-    gsm8k samples pass math unless sample_index == 2; synth samples fail math at index 0.
+    gsm8k samples pass math unless sample_index == 2; synth samples fail math at index 0; the
+    samples of index 2 were cut at max_tokens (finish_reason 'length').
     One passing sample fails filter:repetition with a hostile reason; one is a dedup drop."""
     problems, samples, verdicts = [], [], []
     for i in range(6):
@@ -31,7 +32,7 @@ def build_lake(store, *, with_counts: bool = False) -> None:
             sid = f"s{i}-{k}"
             samples.append({"sample_id": sid, "problem_id": f"p{i}", "request_key": f"r{i}-{k}", "teacher": "t",
                             "model": "m", "sample_index": k, "reasoning": "x" * (10 + 30 * k + i),
-                            "answer": str(2 * i), "completion": "...", "finish_reason": "stop",
+                            "answer": str(2 * i), "completion": "...", "finish_reason": "length" if k == 2 else "stop",
                             "prompt_tokens": 10, "completion_tokens": 100 * (k + 1) + i, "cost_usd": 0.001})
             ok = (k != 2) if source == "gsm8k" else (k != 0)
             verdicts.append({"sample_id": sid, "check": "math", "status": "pass" if ok else "fail",
@@ -104,6 +105,18 @@ def test_pass_rates_lengths_and_rejects(store):
     assert data.lengths[0]["lo"] == 100 and data.lengths[-1]["hi"] > 305
     top = {(r["check"], r["status"], r["reason"]): r["count"] for r in data.rejects}
     assert top == {("math", "fail", "answer 7 != 2"): 6, ("repetition", "fail", HOSTILE): 1}
+
+
+def test_finish_reasons_per_source_with_their_pass_rates(store):
+    with Lake.open(str(store)) as lake:
+        data = collect_report(lake, RUN)
+    got = {(r["source"], r["finish_reason"]): (r["samples"], r["checked"], r["passed"]) for r in data.finish_reasons}
+    # gsm8k: index 0, 1 stop (8; s0-0 fails its filter: 7 pass), index 2 cut (4, all fail math);
+    # synth: index 0, 1 stop (4; index 0 fails math: 2 pass), index 2 cut (2, both pass).
+    assert got == {("gsm8k", "stop"): (8, 8, 7), ("gsm8k", "length"): (4, 4, 0), ("synth", "stop"): (4, 4, 2), ("synth", "length"): (2, 2, 2)}
+    section = render_html(data).split('id="finish-reasons"')[1].split("</table>")[0]
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in section.split("<tr>")[2:]]
+    assert cells[1] == ["gsm8k", "length", "4", "33.3%", "4", "0", "0.0%"]
 
 
 def test_unverifiable_and_errored_verdicts_are_rejects_as_in_the_flow(tmp_path):
