@@ -5,6 +5,7 @@ or runs anything."""
 
 import json
 import re
+import time
 from html.parser import HTMLParser
 from importlib import resources
 
@@ -137,3 +138,14 @@ def test_math500_reference_solutions_render():
                        for page in pages)
     assert formulas > 4000 and dollars_left < 20, (formulas, dollars_left)
     assert all("\\hphantom" in tex for tex in refused) and len(refused) < 10, refused  # the only refusals: space that hides
+
+
+@pytest.mark.parametrize("unit", ["\\[ x ", "\\( x ", "\\begin{align} ", "$a b ", "`` a ` ", "x\\"])
+def test_lone_delimiters_cost_a_scan_to_the_next_one_not_to_the_end(unit):
+    """A policy can fill a trace with openers that never close; a formula that could hold anything
+    made each one scan to the end (10,000 lone `\\[` in 50k characters: 6.7 s; 200k: minutes)."""
+    text = unit * (markup.MAX_CHARS // len(unit))
+    t0 = time.perf_counter()
+    page = render(text)
+    assert time.perf_counter() - t0 < 10
+    assert "<math" not in page and "<p>" in page
