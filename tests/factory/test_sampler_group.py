@@ -102,7 +102,9 @@ def test_a_row_waits_at_most_the_interval_when_few_arrive():
     asyncio.run(go())
     assert len(lake.batches) >= 3  # the time bound, not the flush at the end, committed most
     late = [landed - added[k] for landed, ks in lake.batches[:-1] for k in ks]
-    assert max(late) <= 0.2 + 0.2 / 4 + 0.1  # interval + a tick + scheduling slack
+    # interval + a tick + scheduling slack (0.4 s: on a loaded 2-core CI machine a thread can wait
+    # longer than 0.1 s); without the time bound the first rows would wait ~1 s for the final flush
+    assert max(late) <= 0.2 + 0.2 / 4 + 0.4
 
 
 def test_a_batch_is_also_due_at_its_byte_bound():
