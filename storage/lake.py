@@ -38,7 +38,10 @@ a writer keeps the file at least `_HOLD_S` after each attach, so readers queryin
 cost it at most one DETACH and ATTACH per `_HOLD_S`; and a writer committing back to back still
 lets a reader in, at the rest after its commit. A reader so answers within about `_HOLD_S` plus
 one commit plus its own query; a writer of older code, or one busy in one long call (a
-compaction), still makes readers wait, up to `lock_timeout_s`. This keeps the DuckDB file as the
+compaction), still makes readers wait, up to `lock_timeout_s`. Within one process (fcntl locks
+are the process's, and closing any descriptor of the file drops them all) readers and writers
+take turns through `_InProcess` instead of locks: a reader opens the file only while no writer of
+the process has it attached, by the same DETACH at rest. This keeps the DuckDB file as the
 default catalog (no migration of existing lakes, one file to move); SQLite and PostgreSQL
 catalogs need none of it: their readers attach them read-only, next to the writers.
 
@@ -206,6 +209,35 @@ def _watch_readers(ref: weakref.ref, stop: threading.Event) -> None:
         del lake  # no strong reference while asleep: a dropped lake ends the thread
 
 
+class _InProcess:
+    """This process's writers and copying readers of one DuckDB catalog file.
+
+    fcntl locks belong to the process, and closing any descriptor of a file drops all of the
+    process's locks on it (POSIX). So a reader `Lake` that copied the catalog while a writer `Lake`
+    of the same process held it took DuckDB's lock over (a process never conflicts with itself)
+    and dropped it when done: another process could then attach a second writer (seen in
+    `test_a_reader_in_the_writers_process_leaves_the_writers_lock_alone`). In one process the
+    file is therefore shared like this instead: a reader opens it only while no writer of the
+    process has it attached (it waits, counted in `waiting`, which the writers' watchers treat
+    like another process's announcement), and a writer attaches only while no reader of the
+    process holds a descriptor of it (a copy takes milliseconds)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.writers = 0  # Lakes of this process with the file attached for writing
+        self.copying = 0  # readers of this process with a descriptor of the file open
+        self.waiting = 0  # readers of this process waiting for the writers to let go
+
+
+_IN_PROCESS: dict[str, _InProcess] = {}
+_IN_PROCESS_GUARD = threading.Lock()
+
+
+def _in_process(catalog_file: str) -> _InProcess:
+    with _IN_PROCESS_GUARD:
+        return _IN_PROCESS.setdefault(os.path.realpath(catalog_file), _InProcess())
+
+
 class Lake:
     """One open lake. Thread-safe: calls are serialised on one DuckDB connection."""
 
@@ -226,6 +258,7 @@ class Lake:
         self._fd_guard = threading.Lock()  # the watcher thread uses the descriptor too
         self._copy: tempfile.TemporaryDirectory | None = None  # a reader's catalog copy
         self._copy_file: str | None = None
+        self._counted = False  # counted among this process's writers of the catalog file (_InProcess)
 
     # -- opening and closing -----------------------------------------------------------
 
@@ -263,6 +296,7 @@ class Lake:
                 self._con.close()
                 self._con = None
                 self._detached = False
+            self._uncount()
             if self._pg is not None:
                 self._pg.close()
                 self._pg = None
@@ -322,6 +356,7 @@ class Lake:
                 self._ensure_schema(writer)
             finally:
                 writer.close()
+                self._uncount()
         raise AssertionError("unreachable")
 
     def _lock_file(self) -> int | None:
@@ -336,8 +371,11 @@ class Lake:
         return self._locks_fd
 
     def _readers_waiting(self) -> bool:
-        """Whether a reader in another process announced that it waits for the catalog file:
-        a non-blocking test of an exclusive lock on `_READER_BYTE`, released at once."""
+        """Whether a reader announced that it waits for the catalog file: in this process (see
+        `_InProcess`), or in another (a non-blocking test of an exclusive lock on
+        `_READER_BYTE`, released at once)."""
+        if self.config.catalog_file and _in_process(self.config.catalog_file).waiting:
+            return True
         with self._fd_guard:
             fd = self._locks_fd
             if fd is None:
@@ -401,6 +439,29 @@ class Lake:
         except duckdb.Error:
             self._con.close()  # an engine that cannot detach lets go of the file by closing
             self._con = None
+        self._uncount()
+
+    def _count(self) -> None:
+        """Count this lake among the process's writers of its catalog file, once no reader of
+        the process has a descriptor of it open (see `_InProcess`)."""
+        if self._counted or self.config.catalog_kind != "duckdb" or not self.config.catalog_file:
+            return
+        local = _in_process(self.config.catalog_file)
+        with local.cond:
+            if not local.cond.wait_for(lambda: local.copying == 0, timeout=self.config.lock_timeout_s):
+                raise LakeBusy(f"the catalog {self.config.catalog_file} is being copied by a reader in this process "
+                               f"(waited {self.config.lock_timeout_s:g} s); retry later")
+            local.writers += 1
+            self._counted = True
+
+    def _uncount(self) -> None:
+        if not self._counted:
+            return
+        local = _in_process(self.config.catalog_file)
+        with local.cond:
+            local.writers -= 1
+            self._counted = False
+            local.cond.notify_all()
 
     def _attach_again(self) -> None:
         """ATTACH the catalog file again on the kept engine, once the readers that announced
@@ -472,6 +533,8 @@ class Lake:
             raise BadInput(f"no lake at {cfg.describe()}: the catalog does not exist yet")
         target = (catalog_copy or cfg.catalog_target).replace("'", "''")
         statement = f"ATTACH 'ducklake:{target}' AS {_ALIAS} ({', '.join(options)})"
+        if not read_only:
+            self._count()
         deadline = time.monotonic() + cfg.lock_timeout_s
         delay = 0.05
         while True:
@@ -486,6 +549,8 @@ class Lake:
             except BaseException as exc:
                 if engine is None:
                     con.close()
+                if not (isinstance(exc, duckdb.Error) and (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline):
+                    self._uncount()  # this lake will not hold the file
                 if not isinstance(exc, duckdb.Error):
                     raise
                 if (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline:
@@ -1003,6 +1068,26 @@ class Lake:
             raise BadInput(f"no lake at {self.config.describe()}: the catalog does not exist yet")
         target = str(Path(folder) / Path(source).name)
         deadline = time.monotonic() + self.config.lock_timeout_s
+        local = _in_process(source)
+        with local.cond:
+            local.waiting += 1
+            try:
+                free = local.cond.wait_for(lambda: local.writers == 0, timeout=self.config.lock_timeout_s)
+            finally:
+                local.waiting -= 1
+            if not free:
+                raise LakeBusy(f"the catalog {source} is held by a writer in this process (waited "
+                               f"{self.config.lock_timeout_s:g} s); read through that writer, or retry later")
+            local.copying += 1
+        try:
+            return self._copy_locked(source, target, deadline)
+        finally:
+            with local.cond:
+                local.copying -= 1
+                local.cond.notify_all()
+
+    def _copy_locked(self, source: str, target: str, deadline: float) -> str:
+        """The copy itself, under a shared fcntl lock on the file (other processes' writers)."""
         with self._announced():
             fd = os.open(source, os.O_RDONLY)
             try:

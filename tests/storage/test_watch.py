@@ -184,3 +184,50 @@ def test_a_reader_migrates_an_older_lake_first_and_refuses_a_newer_one(tmp_path)
         lake.connection().execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schemas.SCHEMA_VERSION + 1)])
     with Lake.open(store, read_only=True) as reader, pytest.raises(BadInput, match="newer than this code"):
         reader.query("SELECT 1")
+
+
+# Tries to write the lake from another process: prints "busy" when the catalog is held, else commits.
+INTRUDER = textwrap.dedent(
+    """
+    import sys
+    from storage import Lake, LakeBusy
+    try:
+        with Lake.open(sys.argv[1], lock_timeout_s=1) as lake:
+            lake.commit("problems", [{"problem_id": "intruder", "problem": "x"}], batch_key="intruder", run_id="i")
+        print("committed", flush=True)
+    except LakeBusy:
+        print("busy", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_a_reader_in_the_writers_process_leaves_the_writers_lock_alone(tmp_path, thread):
+    """fcntl locks belong to the process, and closing any descriptor of a file drops them all
+    (POSIX): a reader Lake that copied the catalog while a writer Lake of the same process held
+    it used to drop DuckDB's lock, and another process could then attach a second writer."""
+    import threading
+
+    store = str(tmp_path / "store")
+    with Lake.open(store) as writer:
+        writer.commit("problems", [{"problem_id": "a", "problem": "x"}], batch_key="a", run_id="r")
+        seen = []
+
+        def read():
+            with Lake.open(store, read_only=True, lock_timeout_s=10) as reader:
+                seen.append(reader.query("SELECT count(*) FROM problems").column(0)[0].as_py())
+                seen.append(reader.sql("SELECT count(*) AS n FROM problems").column("n")[0].as_py())
+
+        if thread:
+            t = threading.Thread(target=read)
+            t.start()
+            t.join(30)
+        else:
+            read()
+        assert seen == [1, 1]
+        writer.commit("problems", [{"problem_id": "b", "problem": "x"}], batch_key="b", run_id="r")
+        out = subprocess.run([sys.executable, "-c", INTRUDER, store], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "busy", out.stdout + out.stderr
+        writer.commit("problems", [{"problem_id": "c", "problem": "x"}], batch_key="c", run_id="r")
+    with Lake.open(store, read_only=True) as after:
+        assert sorted(after.query("SELECT problem_id FROM problems").column(0).to_pylist()) == ["a", "b", "c"]
