@@ -549,11 +549,12 @@ class Lake:
             except BaseException as exc:
                 if engine is None:
                     con.close()
-                if not (isinstance(exc, duckdb.Error) and (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline):
+                retry = isinstance(exc, duckdb.Error) and (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline
+                if not retry:
                     self._uncount()  # this lake will not hold the file
                 if not isinstance(exc, duckdb.Error):
                     raise
-                if (_is_lock_error(exc) or _is_init_race(exc)) and time.monotonic() < deadline:
+                if retry:
                     time.sleep(delay * (0.5 + random.random()))
                     # At most 0.25 s: the holder may be a reader taking its copy (milliseconds).
                     delay = min(delay * 2, 0.25)
@@ -1072,7 +1073,7 @@ class Lake:
         with local.cond:
             local.waiting += 1
             try:
-                free = local.cond.wait_for(lambda: local.writers == 0, timeout=self.config.lock_timeout_s)
+                free = local.cond.wait_for(lambda: local.writers == 0, timeout=max(0.0, deadline - time.monotonic()))
             finally:
                 local.waiting -= 1
             if not free:
