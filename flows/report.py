@@ -273,11 +273,11 @@ def _dataset_rows(lake: Lake, scope: Scope) -> int:
     return int(rows[0]["n"] or 0)
 
 
-def _pass_rates(lake: Lake, scope: Scope, label_sql: str) -> list[dict[str, Any]]:
+def _pass_rates(lake: Lake, scope: Scope, label_sql: str, *, per_source: bool = False) -> list[dict[str, Any]]:
     head, params = _outcomes(scope)
     sql = head + (
-        f"SELECT {label_sql} AS label, count(*) AS samples, count(*) FILTER (WHERE checked) AS checked, "
-        f"count(*) FILTER (WHERE passed) AS passed FROM o GROUP BY 1 ORDER BY 1"
+        f"SELECT {'source, ' if per_source else ''}{label_sql} AS label, count(*) AS samples, "
+        f"count(*) FILTER (WHERE checked) AS checked, count(*) FILTER (WHERE passed) AS passed FROM o GROUP BY ALL ORDER BY ALL"
     )
     return _rows(lake, sql, params)
 
@@ -341,15 +341,10 @@ def _length_histogram(lake: Lake, scope: Scope, bins: int = 24) -> tuple[list[di
 def _finish_reasons(lake: Lake, scope: Scope) -> list[dict[str, Any]]:
     """Samples per source and finish reason, with how many passed: 'length' is a trace cut at
     max_tokens, which has no final answer and so rarely passes (the cost of a short budget)."""
-    head, params = _outcomes(scope)
-    return _rows(
-        lake,
-        head
-        + """SELECT source, coalesce(finish_reason, '(none)') AS finish_reason, count(*) AS samples,
-                    count(*) FILTER (WHERE checked) AS checked, count(*) FILTER (WHERE passed) AS passed
-             FROM o GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",
-        params,
-    )
+    rows = _pass_rates(lake, scope, "coalesce(finish_reason, '(none)')", per_source=True)
+    for r in rows:
+        r["finish_reason"] = r.pop("label")
+    return sorted(rows, key=lambda r: (r["source"], -r["samples"], r["finish_reason"]))
 
 
 def _rejects(lake: Lake, scope: Scope) -> list[dict[str, Any]]:
