@@ -16,7 +16,8 @@ needs), 2.6 ms per solution.
 latex2mathml does not escape what it copies from its input (`\\text{<script>}` comes out as a
 script tag, `\\href{javascript:..}` as an attribute), so its output is never trusted: its element
 tree is rebuilt from an allowlist of MathML elements and attributes with every text escaped, and
-nothing that hides or shrinks text (`\\phantom`, padding, sizes, colours) is on the list; a formula
+nothing that hides or shrinks text (`\\phantom`, padding, sizes, colours, spaces past 4em or
+negative ones) is on the list; a formula
 whose tree holds anything else, or that fails to convert, is shown as its LaTeX source, escaped,
 in `<code class="tex">`. Text over `MAX_CHARS` or with more than `MAX_FORMULAS` formulas
 is shown as written (a `<pre>` block): rendering it would cost more than a page may.
@@ -63,6 +64,11 @@ _ATTRIBUTES = frozenset("display mathvariant notation stretchy fence form separa
                         "accentunder lspace rspace width height depth voffset minsize maxsize movablelimits largeop symmetric "
                         "linethickness".split())
 _VALUE = re.compile(r"[A-Za-z0-9 .%+-]*")
+# Sizes and spaces: what LaTeX's spacing commands make (`\quad` 1em, `\qquad` 2em, `\!` a named
+# negative thin space, big delimiters ~3em), never a length that would push text out of sight or
+# pull it over other text (`\hspace{1000em}`, `\kern{-100em}`).
+_LENGTHS = frozenset("width height depth lspace rspace voffset minsize maxsize".split())
+_LENGTH = re.compile(r"(?:[0-3]?(?:\.\d+)?|4(?:\.0+)?)(?:em|ex)?|\d{1,2}(?:\.\d+)?(?:pt|px|mu)|(?:negative)?(?:very){0,2}(?:thin|thick|medium)mathspace")
 
 
 class _Unsafe(Exception):
@@ -79,7 +85,7 @@ def _rebuild(element, out: list[str]) -> None:
     for name, value in element.attrib.items():
         if name == "xmlns" and value == "http://www.w3.org/1998/Math/MathML":
             continue  # an HTML parser puts <math> in the MathML namespace by itself
-        if name not in _ATTRIBUTES or not _VALUE.fullmatch(value):
+        if name not in _ATTRIBUTES or not _VALUE.fullmatch(value) or (name in _LENGTHS and not _LENGTH.fullmatch(value)):
             raise _Unsafe(f"{element.tag} {name}")
         kept.append(f' {name}="{value}"')
     out.append(f"<{element.tag}{''.join(kept)}>")

@@ -109,6 +109,9 @@ def test_hostile_text_never_becomes_markup(text):
 
 def test_what_hides_or_links_is_shown_as_its_source():
     assert render(r"$\phantom{hidden}$") == '<p><code class="tex">$\\phantom{hidden}$</code></p>\n'
+    for space in (r"\hspace{1000em}", r"\kern{-100em}"):  # text pushed out of sight, or pulled over other text
+        assert render(f"${space}x$") == f'<p><code class="tex">${space}x$</code></p>\n'
+    assert '<mspace width="negativethinmathspace"></mspace>' in render(r"$a\!b\quad c$")  # LaTeX's own spaces stay
     assert 'class="tex"' in render(r"$\href{javascript:alert(1)}{x}$")
     assert "hidden" in render("[ref]: http://evil.example/\n\nhidden [ref]") and "http://evil.example/" in render("[ref]: http://evil.example/")
     assert "&lt;mtext&gt;" in render(r"$\text{<mtext>}$")  # copied text is escaped inside the MathML
